@@ -303,3 +303,15 @@ def test_bfloat16_weights():
     model = UNet(1, **TINY, channel_mults=(1, 2)).eval().to(torch.bfloat16)
     out = model(batch(1, 16).to(torch.bfloat16), T2)
     assert out.dtype == torch.bfloat16 and out.shape == (2, 1, 16, 16)
+
+
+def test_every_block_starts_as_identity_on_its_skip_path():
+    """Zero init (improved-diffusion): each residual branch starts at exactly zero."""
+    model = UNet(3, **TINY, channel_mults=(1, 2), attention_levels=(0, 1)).eval()
+    x, emb_act = torch.randn(2, 16, 8, 8), torch.randn(2, 64)
+    for level in model.down:
+        for block, attn in zip(level.blocks, level.attns, strict=True):
+            y = block.skip(x)  # identity, or a 1x1 conv where the width changes
+            assert torch.equal(block(x, emb_act), y)
+            assert torch.equal(attn(y), y)
+            x = y
