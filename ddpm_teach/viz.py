@@ -275,8 +275,8 @@ def _label(t: int | None) -> str:
 def _render(frames: Sequence[np.ndarray], kind: str, lim: float | None) -> list[Image.Image]:
     """Render every frame once, at its native size: L/RGB image grids or RGB scatter plots."""
     if kind == "image":
-        return [Image.fromarray(g[:, :, 0] if g.shape[2] == 1 else g)
-                for g in map(image_grid, frames)]  # fmt: skip
+        grids = [image_grid(f) for f in frames]
+        return [Image.fromarray(g[:, :, 0] if g.shape[2] == 1 else g) for g in grids]
     # Points: one figure, redrawn with new offsets per frame (building a figure per frame is
     # several times slower). 64 colours lose nothing visible and halve the PNG.
     lim = lim if lim is not None else _points_lim(frames)
@@ -413,6 +413,7 @@ class FrameSlider(widgets.VBox):
             index=0,
             description="t",
             continuous_update=True,
+            style={"description_width": "initial"},
             layout=widgets.Layout(width="460px"),
         )
         self.links = [widgets.jslink((self.play, "value"), (self.slider, "index"))]
@@ -540,8 +541,10 @@ def frames_slider(
         schedules = dict(schedule)
     else:
         schedules = dict.fromkeys(panels, schedule)
-    stacks = {name: _frame_list(f, f"frames[{name!r}]" if name else "frames")
-              for name, f in panels.items()}  # fmt: skip
+    stacks = {
+        name: _frame_list(f, f"frames[{name!r}]" if name else "frames")
+        for name, f in panels.items()
+    }
     counts = {len(s) for s in stacks.values()}
     if len(counts) != 1:
         raise ValueError(f"frames: every panel needs the same number of frames, got {counts}")
@@ -633,7 +636,7 @@ def forward_slider(
         schedule: the noise schedule; ts are its step indices 0..T-1.
         kind, fps, lim, scale, title: as for :func:`frames_slider`.
     """
-    _resolve_kind(tuple(x0.shape), kind, "x0")
+    _resolve_kind(_to_numpy(x0, "x0").shape, kind, "x0")
     frames, labels = forward_frames(x0, schedule, ts, num_frames, seed)
     return frames_slider(
         frames, labels, schedule, kind=kind, fps=fps, lim=lim, scale=scale, title=title
@@ -663,7 +666,7 @@ def compare_schedules_slider(
     lengths = {name: len(s) for name, s in schedules.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"schedules: expected the same number of steps T for all, got {lengths}")
-    _resolve_kind(tuple(x0.shape), kind, "x0")
+    _resolve_kind(_to_numpy(x0, "x0").shape, kind, "x0")
     frames, labels = {}, []
     for name, schedule in schedules.items():
         frames[name], labels = forward_frames(x0, schedule, ts, num_frames, seed)
