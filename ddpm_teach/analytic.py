@@ -75,8 +75,10 @@ class GaussianMixture:
                 f"K={k}, d={d}; got shape {tuple(c.shape)}"
             )
         cov = 0.5 * (cov + cov.transpose(-1, -2)).contiguous()
-        if (torch.linalg.eigvalsh(cov) < 0).any():
+        evals, evecs = torch.linalg.eigh(cov)
+        if (evals < -1e-12).any():
             raise ValueError("covs: every covariance must be positive semi-definite")
+        self._evals, self._evecs = evals.clamp(min=0), evecs
         self.weights = w / w.sum()
         self.means = mu
         self.covs = cov
@@ -157,12 +159,6 @@ class GaussianMixture:
     def _alpha_bar(schedule: NoiseSchedule, t: int | Tensor, x: Tensor) -> Tensor:
         return schedule.at(schedule.alpha_bars, t, x.new_zeros(x.shape[0], 1))[:, 0].to(x.device)
 
-    def _covs_t(self, ab: Tensor) -> Tensor:
-        """C_k = ab Sigma_k + (1 - ab) I per example: (B, K, d, d)."""
-        ab = torch.as_tensor(ab, dtype=torch.float64).reshape(-1, 1, 1, 1)
-        eye = torch.eye(self.dim, dtype=torch.float64)
-        return ab * self.covs[None] + (1 - ab) * eye
-
     def _log_prob(self, x: Tensor, ab: Tensor | float) -> Tensor:
         log_r, _ = self._components(x, ab, need_means=False)
         return torch.logsumexp(log_r, dim=1)
@@ -170,22 +166,23 @@ class GaussianMixture:
     def _components(
         self, x: Tensor, ab: Tensor | float, need_means: bool = True
     ) -> tuple[Tensor, Tensor | None]:
-        """log(w_k N(x; sqrt(ab) mu_k, C_k)) as (B, K), and E[x_0 | x, k] as (B, K, d)."""
-        ab = torch.as_tensor(ab, dtype=torch.float64).expand(x.shape[0])
-        cov = self._covs_t(ab)  # (B, K, d, d)
-        chol = torch.linalg.cholesky(cov)
-        diff = x[:, None, :] - ab.sqrt()[:, None, None] * self.means[None]  # (B, K, d)
-        sol = torch.cholesky_solve(diff[..., None], chol)[..., 0]  # C_k^{-1} (x - sqrt(ab) mu_k)
-        maha = (diff * sol).sum(-1)
-        logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        log_n = -0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
+        """log(w_k N(x; sqrt(ab) mu_k, C_k)) as (B, K), and E[x_0 | x, k] as (B, K, d).
+
+        With Sigma_k = U_k diag(lam_k) U_k^T, C_k = ab Sigma_k + (1 - ab) I has the same eigenvectors
+        and eigenvalues ab lam_k + 1 - ab, so no per-step factorisation is needed.
+        """
+        ab = torch.as_tensor(ab, dtype=torch.float64).expand(x.shape[0])[:, None, None]  # (B,1,1)
+        diff = x[:, None, :] - ab.sqrt() * self.means[None]  # (B, K, d)
+        proj = torch.einsum("kij,bki->bkj", self._evecs, diff)  # U_k^T diff
+        lam = ab * self._evals[None] + (1 - ab)  # eigenvalues of C_k, (B, K, d)
+        maha = (proj**2 / lam).sum(-1)
+        log_n = -0.5 * (maha + lam.log().sum(-1) + self.dim * math.log(2 * math.pi))
         log_r = self.weights.log()[None] + log_n
         if not need_means:
             return log_r, None
         # Gaussian conditioning: E[x_0 | x_t, k] = mu_k + sqrt(ab) Sigma_k C_k^{-1} (x_t - sqrt(ab) mu_k)
-        cond = (
-            self.means[None] + ab.sqrt()[:, None, None] * (self.covs[None] @ sol[..., None])[..., 0]
-        )
+        shrunk = self._evals[None] * proj / lam  # diag(lam_k) U_k^T C_k^{-1} diff
+        cond = self.means[None] + ab.sqrt() * torch.einsum("kij,bkj->bki", self._evecs, shrunk)
         return log_r, cond
 
 
