@@ -199,6 +199,9 @@ _CHAPTER_FIELDS = {
 }
 
 
+_KINDS = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
 def _table(data: dict, key: str, path: Path, name: str | None = None) -> dict:
     value = data.get(key)
     if not isinstance(value, dict):
@@ -212,7 +215,7 @@ def _field(table: dict, key: str, kind: type, path: Path, where: str) -> Any:
     value = table[key]
     # bool is an int in Python; minutes = true is still a mistake
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{path}: {where}: {key!r} must be a {kind.__name__}, got {value!r}")
+        raise ValueError(f"{path}: {where}: {key!r} must be {_KINDS[kind]}, got {value!r}")
     return value
 
 
@@ -664,6 +667,14 @@ def _chapter_page(book: Book, ch: Chapter, folder: Path) -> str:
     nb = nbformat.read(book.root / ch.notebook, as_version=4)
     files = f"{ch.stem}_files"
     (folder / files).mkdir(exist_ok=True)
+    # the run links and objectives go under the notebook's title (or a title made for it)
+    intro = nbformat.v4.new_markdown_cell(_chapter_intro(book, ch))
+    first = nb.cells[0] if nb.cells else None
+    if first is not None and first.cell_type == "markdown" and first.source.startswith("# "):
+        nb.cells.insert(1, intro)
+    else:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {ch.title}"))
+        nb.cells.insert(1, intro)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
             cell.source = _mathjax_markdown(cell.source)
@@ -675,13 +686,17 @@ def _chapter_page(book: Book, ch: Chapter, folder: Path) -> str:
     for name, data in resources.get("outputs", {}).items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
+    return body
+
+
+def _chapter_intro(book: Book, ch: Chapter) -> str:
+    """Markdown for the top of a chapter's page: time, where to run it, objectives."""
     links = [f"[the notebook]({book.repository}/blob/{book.branch}/{ch.notebook.as_posix()})"]
     colab = book.colab_url(ch)
     if colab:
         links.append(f"[open it in Colab]({colab})")
-    head = [f"*{ch.minutes} minutes. Run it: {', '.join(links)}.*", "", "You will:", ""]
-    head += [f"- {o}" for o in ch.objectives] + ["", "---", ""]
-    return "\n".join(head) + body
+    lines = [f"*{ch.minutes} minutes. Run it: {', '.join(links)}.*", "", "You will:", ""]
+    return "\n".join([*lines, *(f"- {o}" for o in ch.objectives)])
 
 
 def _static_output(output: Any, folder: Path, name: str) -> None:

@@ -244,16 +244,21 @@ def grade_notebook(
         ]
     expected += [i for i in _check_ids(nb) if i not in expected]
 
-    deadline = time.monotonic() + timeout
-    current = {"cell": 0}
+    # The clock starts with the first cell: kernel start-up has its own limit (startup_timeout).
+    current = {"cell": 0, "deadline": None}
 
     def on_cell_execute(cell: Any, cell_index: int) -> None:
         current["cell"] = cell_index + 1
 
+    def time_left(cell: Any) -> float:
+        if current["deadline"] is None:
+            current["deadline"] = time.monotonic() + timeout
+        return max(1.0, current["deadline"] - time.monotonic())
+
     client = NotebookClient(
         nb,
         kernel_name="python3",
-        timeout_func=lambda cell: max(1.0, deadline - time.monotonic()),
+        timeout_func=time_left,
         allow_errors=True,  # a broken cell must not hide later exercises
         record_timing=False,
         shutdown_kernel="immediate",
