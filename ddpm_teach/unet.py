@@ -142,10 +142,16 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
-        # (B, H*W, 3C): a view, not a copy, for channels_last input; one head -> (B, 1, H*W, C).
-        q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).chunk(3, dim=-1)
+        # Positions-major (B, H*W, 3C), split into one head each of q, k, v: (B, 1, H*W, C).
+        # .contiguous() is free for channels_last input and one copy otherwise; it lets SDPA take
+        # its fused kernel (several times faster on CPU than the strided fallback at 32 x 32).
+        q, k, v = qkv.flatten(2).transpose(1, 2).contiguous().unsqueeze(1).chunk(3, dim=-1)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale 1/sqrt(C)
         h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # a view with channels_last strides
+        # Back to x's memory format, so that layouts never mix downstream (a mixed add or cat
+        # silently converts whole activations); again free for channels_last, one copy otherwise.
+        cl = x.is_contiguous(memory_format=torch.channels_last)
+        h = h.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         return x + self.proj(h)
 
 
@@ -168,7 +174,14 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if x.device.type == "cpu" and not x.is_contiguous(memory_format=torch.channels_last):
+            # The same nearest-neighbour 2x, written as "repeat every column, then every row":
+            # torch's CPU interpolate kernel round-trips NCHW input through channels_last and is
+            # several times slower than this, forward and backward.
+            x = x.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+        else:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x)
 
 
 class Level(nn.Module):

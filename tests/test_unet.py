@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpm_teach.unet import AttentionBlock, UNet, timestep_embedding
+from ddpm_teach.unet import AttentionBlock, UNet, Upsample, timestep_embedding
 
 torch.set_num_threads(1)
 
@@ -281,9 +281,14 @@ def test_channels_last_matches_contiguous():
     model = UNet(3, **TINY, channel_mults=(1, 2, 2), attention_levels=(0, 1)).eval()
     perturb_zero_params(model)
     x = batch(3, 32)
-    ref = model(x, T2)
+    ref, feats = model(x, T2, return_features=True)
+    # Layouts never mix: every activation of an NCHW run is NCHW, of a channels_last run
+    # channels_last (a mixed add or cat would silently convert whole tensors).
+    assert all(f.is_contiguous() for f in feats.values())
     model_cl = model.to(memory_format=torch.channels_last)
-    out = model_cl(x.contiguous(memory_format=torch.channels_last), T2)
+    out, feats = model_cl(x.contiguous(memory_format=torch.channels_last), T2, return_features=True)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats.values())
+    assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, ref, atol=1e-5)
 
 
@@ -315,3 +320,15 @@ def test_every_block_starts_as_identity_on_its_skip_path():
             assert torch.equal(block(x, emb_act), y)
             assert torch.equal(attn(y), y)
             x = y
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_is_nearest_neighbour(channels_last):
+    up = Upsample(4)
+    x = torch.randn(2, 4, 5, 3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    out = up(x)
+    assert out.shape == (2, 4, 10, 6) and torch.allclose(out, expected, atol=1e-6)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
