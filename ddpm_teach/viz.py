@@ -446,8 +446,11 @@ class FrameSlider(widgets.VBox):
 
     def _page(
         self, images: list[widgets.Image], texts: list[str], keep: list | None = None
-    ) -> widgets.HBox:
-        """One frame: a row of panels, each (title, picture, caption)."""
+    ) -> widgets.Box:
+        """One frame: a panel (title, picture, caption), or a row of them.
+
+        Every widget here is a model in the saved notebook, 50 frames over, so none is spare.
+        """
         panels = []
         for image, text, title in zip(images, texts, self.titles, strict=True):
             cap = widgets.HTML(_caption_html(text))
@@ -455,7 +458,7 @@ class FrameSlider(widgets.VBox):
                 keep.append(cap)
             head = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
             panels.append(widgets.VBox([*head, image, cap]))
-        return widgets.HBox(panels)
+        return panels[0] if len(panels) == 1 else widgets.HBox(panels)
 
     def _on_index(self, change: dict) -> None:
         """ipywidgets 7 path: swap the pictures' bytes and captions (nothing is re-rendered)."""
@@ -472,12 +475,17 @@ class FrameSlider(widgets.VBox):
         return f"<slider over t: {self.num_frames} frames>"
 
     def filmstrip_png(self, n: int = 8) -> bytes:
-        """A static PNG of ``n`` frames spread over the slider: one row per panel, captioned."""
+        """A static PNG of ``n`` frames spread over the slider: one row per panel, captioned.
+
+        Kept small, since it is stored in the notebook next to the widget: frames are enlarged
+        only to about 128 px and the sheet is reduced to 256 colours.
+        """
         cols = _pick(self.num_frames, n)
+        scale = min(self.scale, max(1, math.ceil(128 / max(self._size))))
         images, texts = [], []
         for p, title in enumerate(self.titles):
             for f in cols:
-                images.append(_enlarge(Image.open(io.BytesIO(self.pngs[f][p])), self.scale))
+                images.append(_enlarge(Image.open(io.BytesIO(self.pngs[f][p])), scale))
                 texts.append(f"{title}   {self.texts[f][p]}" if title else self.texts[f][p])
         cells = _captioned(images, texts, 11)
         w, h = cells[0].size
@@ -485,7 +493,7 @@ class FrameSlider(widgets.VBox):
         for i, cell in enumerate(cells):
             row, col = divmod(i, len(cols))
             sheet.paste(cell, (col * (w + 4), row * (h + 4)))
-        return _png(sheet)
+        return _png(sheet.quantize(256))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The widget view, plus a filmstrip PNG and a stable text for viewers without widgets.

@@ -182,8 +182,7 @@ def test_forward_slider_for_images_links_slider_to_stack(linear: NoiseSchedule) 
     assert (w.slider, "index", w.stack, "selected_index") in _links(w)
     assert len(w.stack.children) == 4 and w.stack.selected_index == 0
     for f, page in enumerate(w.stack.children):
-        panel = page.children[0]
-        image, cap = panel.children
+        image, cap = page.children  # one panel: (picture, caption)
         assert image.value == w.pngs[f][0] and "ddpm-frame" in image._dom_classes
         assert w.texts[f][0] in cap.value
     # The data frame is the data: a 2x2 grid of 8x8 squares, decoded back exactly.
@@ -193,7 +192,7 @@ def test_forward_slider_for_images_links_slider_to_stack(linear: NoiseSchedule) 
     dist = [np.abs(_decode(p[0]) - _decode(w.pngs[0][0])).mean() for p in w.pngs]
     assert dist[0] == 0 and all(a < b for a, b in itertools.pairwise(dist))
     # Browser-enlarged, not stored enlarged: 22 px grid -> x12 would exceed 8, so x8.
-    assert w.scale == 8 and w.stack.children[0].children[0].children[0].width == str(22 * 8)
+    assert w.scale == 8 and w.stack.children[0].children[0].width == str(22 * 8)
 
 
 def test_kernel_fallback_for_ipywidgets_7_swaps_the_picture(
