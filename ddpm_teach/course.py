@@ -347,7 +347,8 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def setup_notebook(seed: int = 0) -> Any:
-    """What a chapter's setup cell does: seed everything, read the run budget, print one line.
+    """What a chapter's setup cell does: seed everything, show figures inline, read the run
+    budget, print one line.
 
     Returns the :class:`ddpm_teach.budgets.Budget` (``.name``, ``.device``: CUDA when present).
     """
@@ -355,11 +356,27 @@ def setup_notebook(seed: int = 0) -> Any:
     from .budgets import budget  # imported here: budgets is optional for the rest of this module
 
     seed_everything(seed)
+    _inline_figures()
     run_budget = budget()
     print(
         f"ddpm-teach {__version__}: budget {run_budget.name!r} on {run_budget.device}, seed {seed}"
     )
     return run_budget
+
+
+def _inline_figures() -> None:
+    """In a Jupyter kernel, show a returned matplotlib Figure as a PNG from the first cell on.
+
+    IPython registers that display only once pyplot has drawn something; the viz helpers build
+    figures without pyplot, so without this their first figure would show as "<Figure ...>".
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "kernel"):  # a kernel, not a terminal IPython
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def _first_code_cell(nb: Any) -> int | None:

@@ -393,6 +393,11 @@ def test_execute_stores_outputs_reproducibly_and_writes_the_pair(tmp_path, monke
             "import os\nprint(os.environ['DDPM_TEACH_BUDGET'], os.getcwd().endswith('notebooks'))"
         ),
         new_code_cell("import ipywidgets as w\nw.IntSlider(value=3)"),
+        # what setup_notebook does so that a Figure built without pyplot shows as a PNG
+        new_code_cell(
+            "from ddpm_teach.course import _inline_figures\nfrom matplotlib.figure import Figure\n"
+            "_inline_figures()\nfig = Figure(figsize=(1, 1))\nfig.subplots().plot([0, 1])\nfig"
+        ),
     )
     nb.cells[1].metadata["execution"] = {"iopub.status.busy": "2024-01-01T00:00:00Z"}
     save_pair(nb, path)
@@ -405,6 +410,7 @@ def test_execute_stores_outputs_reproducibly_and_writes_the_pair(tmp_path, monke
     state = done.metadata.widgets[course.WIDGET_STATE]["state"]
     assert view["model_id"] in state and state[view["model_id"]]["state"]["value"] == 3
     assert all(re.fullmatch(r"0{28}[0-9a-f]{4}", key) for key in state)
+    assert "image/png" in done.cells[3].outputs[0].data
     assert pair_difference(path) is None
 
     course.execute_notebook(path, budget="smoke")
@@ -412,7 +418,7 @@ def test_execute_stores_outputs_reproducibly_and_writes_the_pair(tmp_path, monke
 
     monkeypatch.setattr(course, "MAX_NOTEBOOK_BYTES", 1000)
     assert main(["--book", str(tmp_path), "execute", "--budget", "smoke"]) == 1
-    assert "MB limit; largest outputs: cell 3" in capsys.readouterr().err
+    assert "MB limit; largest outputs: cell 4" in capsys.readouterr().err
     assert path.read_bytes() == first  # nothing written
 
 
