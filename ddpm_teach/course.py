@@ -669,9 +669,10 @@ def _intro_page(book: Book) -> str:
         chapter_table(book, page=lambda ch: f"chapters/{ch.stem}.md"),
         "",
     ]
-    for ch in book.chapters:
+    parts += ["## What each chapter teaches", ""]
+    for ch in book.chapters:  # bold lines, not headings: the sidebar lists the chapters already
         gpu = ", a GPU helps" if ch.gpu_helps else ""
-        parts += [f"### {ch.id} {ch.title} ({ch.minutes} min{gpu}, {ch.status})", ""]
+        parts += [f"**{ch.id} {ch.title}** ({ch.minutes} min{gpu}, {ch.status})", ""]
         parts += [f"- {o}" for o in ch.objectives] + [""]
     return "\n".join(parts)
 
