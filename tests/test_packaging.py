@@ -43,8 +43,10 @@ def _conda_environment(text: str) -> dict[str, str]:
         if line.startswith("dependencies:"):
             in_deps = True
             continue
-        if in_deps and re.match(r"^  - [A-Za-z]", line):
-            m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9.]+))?", line[4:].strip())
+        # conda packages ("  - name>=x") and pip-only ones in the pip section ("      - name>=x")
+        if in_deps and re.match(r"^(  |      )- [A-Za-z]", line):
+            spec = line.split("- ", 1)[1].split("#")[0].strip()
+            m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9.]+))?", spec)
             if m:
                 deps[m.group(1).lower()] = m.group(2) or ""
     return deps
