@@ -17,8 +17,9 @@ frames x_t (images (B, C, H, W) or 2-D points (B, 2)) into
 How the slider works. Every frame is rendered once, to PNG bytes, when the slider is built. In
 JupyterLab (ipywidgets 8) each frame is an ``Image`` widget inside a ``Stack``; the stack's
 ``selected_index`` is linked in the browser (``jslink``) to the slider, which is linked to a
-``Play`` button. Moving the slider therefore runs no Python at all: it plays in a saved notebook
-and on a static web page with no kernel behind it. ipywidgets 7 (Colab) has no ``Stack``, so there
+``Play`` button. Moving the slider therefore runs no Python at all: it plays with the kernel gone,
+in a notebook saved with its widget state (``jupyter nbconvert --execute`` stores it; in
+JupyterLab, Settings > Save Widget State Automatically) and on the static HTML made from it. ipywidgets 7 (Colab) has no ``Stack``, so there
 a single ``Image`` is swapped by a kernel-side ``observe`` callback, which needs the kernel. Either
 way the displayed output also carries a static filmstrip PNG (``image/png``) and a short, stable
 ``text/plain``, for viewers without widgets (GitHub, nbconvert to Markdown) and for ``nbval``,
@@ -132,11 +133,13 @@ def _frame_list(frames: Frames, name: str) -> list[np.ndarray]:
     return out
 
 
-def _check_ts(ts: Sequence[int | None], num_frames: int, schedule: NoiseSchedule | None) -> list:
-    """Validate one step index (or None for the clean data) per frame."""
+def _check_ts(
+    ts: Sequence[int | None], num_frames: int | None, schedule: NoiseSchedule | None
+) -> list[int | None]:
+    """Validate one step index (or None for the clean data) per frame (any number if None)."""
     if isinstance(ts, str | bytes) or not isinstance(ts, Sequence | Tensor | np.ndarray):
         raise TypeError(f"ts: expected a sequence of step indices, got {type(ts).__name__}")
-    if len(ts) != num_frames:
+    if num_frames is not None and len(ts) != num_frames:
         raise ValueError(f"ts: expected one step per frame ({num_frames}), got {len(ts)}")
     out: list[int | None] = []
     for t in ts:
@@ -251,7 +254,7 @@ def _points_lim(frames: Sequence[np.ndarray]) -> float:
 
 # ---------------------------------------------------------------------------- captions
 def caption(t: int | None, schedule: NoiseSchedule | None = None) -> str:
-    """The line under a frame: "t = 250   alpha_bar_t = 0.5413   SNR = 1.18".
+    """The line under a frame: "t = 250   alpha_bar_t = 0.5214   SNR = 1.09" (linear, T = 1000).
 
     ``t`` is the code's step index 0..T-1 (the paper's t + 1); ``None`` is the clean data x_0.
     Without a schedule only t is shown.
@@ -609,7 +612,7 @@ def forward_frames(
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
             raise ValueError(f"num_frames: expected an int >= 2, got {num_frames!r}")
         ts = _spread_ts(schedule.num_steps, num_frames - 1 if include_data else num_frames)
-    steps = [t for t in _check_ts(list(ts), len(ts), schedule) if t is not None]
+    steps = [t for t in _check_ts(ts, None, schedule) if t is not None]
     if not steps:
         raise ValueError("ts: expected at least one step index")
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
@@ -637,7 +640,7 @@ def forward_slider(
 
     The first frame is the data x_0 ("data"), then x_t at ``num_frames - 1`` steps spread over
     0..T-1 (or at ``ts``), all with one noise draw (see :func:`forward_frames`). Each caption
-    reads "t = 250   alpha_bar_t = 0.5413   SNR = 1.18".
+    reads like "t = 250   alpha_bar_t = 0.5214   SNR = 1.09".
 
     Args:
         x0: images (B, C, H, W) in [-1, 1] or 2-D points (B, 2).
@@ -662,6 +665,7 @@ def compare_schedules_slider(
     fps: float = 10.0,
     lim: float | None = None,
     scale: int | None = None,
+    title: str | None = None,
 ) -> FrameSlider:
     """The same data and noise under several schedules, side by side on one slider.
 
@@ -678,7 +682,9 @@ def compare_schedules_slider(
     frames, labels = {}, []
     for name, schedule in schedules.items():
         frames[name], labels = forward_frames(x0, schedule, ts, num_frames, seed)
-    return frames_slider(frames, labels, dict(schedules), kind=kind, fps=fps, lim=lim, scale=scale)
+    return frames_slider(
+        frames, labels, dict(schedules), kind=kind, fps=fps, lim=lim, scale=scale, title=title
+    )
 
 
 # ---------------------------------------------------------------------------- animations, print

@@ -254,6 +254,7 @@ def test_frames_slider_for_a_reverse_trajectory() -> None:
         (lambda s: viz.forward_slider(_squares(), s, kind="points"), ValueError, "x0: expected 2"),
         (lambda s: viz.forward_slider(torch.zeros(4, 3), s), ValueError, r"x0: .* got shape"),
         (lambda s: viz.frames_slider(torch.zeros(2, 4, 2), [0]), ValueError, "ts: expected one"),
+        (lambda s: viz.forward_slider(_ring(), s, ts=5), TypeError, "ts: expected a sequence"),
         (lambda s: viz.frames_slider(torch.zeros(2, 4, 2), [0, 1.5]), TypeError, "ts: expected in"),
         (lambda s: viz.frames_slider(torch.zeros(1, 4, 2), [1000], s), ValueError, r"0\.\.999"),
         (
