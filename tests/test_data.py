@@ -129,6 +129,16 @@ def test_glyph_fonts_ship_with_matplotlib():
         assert (data._FONT_DIR / font.file).is_file()
 
 
+def test_distance_to_segments_on_a_unit_square():
+    corners = torch.tensor([[0.0, 0], [1, 0], [1, 1], [0, 1]])
+    square = torch.stack([corners, corners.roll(-1, 0)], dim=1)  # (4, 2, 2)
+    points = torch.tensor([[0.5, 0.5], [2, 0.5], [2, 2], [0.5, -0.25], [0.9, 0.5]])
+    expected = torch.tensor([0.5, 1, 2**0.5, 0.25, 0.1])
+    assert torch.allclose(data._distance_to_segments(points, square), expected, atol=1e-6)
+    inside = data._inside(torch.tensor([-0.5, 0.5, 1.5]), torch.tensor([0.5, 1.5]), square)
+    assert inside.tolist() == [[False, True, False], [False, False, False]]
+
+
 @pytest.mark.parametrize(
     ("file", "digit"), [("DejaVuSans.ttf", "8"), ("STIXGeneralItalic.ttf", "4")]
 )
