@@ -1,0 +1,85 @@
+"""End-to-end tests of the command-line tools at the smoke budget: train, then sample."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from ddpm_teach import sample as sample_cli
+from ddpm_teach import train as train_cli
+from ddpm_teach.training import load_checkpoint
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DDPM_TEACH_BUDGET="cpu")  # --budget must win
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_train_then_sample_glyph_digits_in_subprocesses(tmp_path):
+    out = tmp_path / "run"
+    train = run(
+        "ddpm_teach.train", "--data", "glyph-digits", "--budget", "smoke", "--out", str(out),
+        "--steps", "4", "--prediction", "v", "--seed", "3", "--no-progress", "--device", "cpu",
+        "--sample-every", "2",
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    summary = train.stdout.strip().splitlines()[-1]
+    assert summary.startswith("done: 4 steps, wall time ") and "images/s" in summary
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["last.pt", "samples_0000002.png", "samples_0000004.png"]
+    config = load_checkpoint(out / "last.pt")[3]
+    assert (config.prediction, config.seed, config.train_steps) == ("v", 3, 4)
+    assert config.model_kwargs["base_channels"] == 8  # the smoke budget, not $DDPM_TEACH_BUDGET
+
+    png, gif = tmp_path / "s.png", tmp_path / "s.gif"
+    sample = run(
+        "ddpm_teach.sample", "--checkpoint", str(out / "last.pt"), "--sampler", "ddim",
+        "--steps", "5", "--n", "9", "--out", str(png), "--gif", str(gif), "--device", "cpu",
+    )  # fmt: skip
+    assert sample.returncode == 0, sample.stderr
+    assert "9 samples, ddim with 5 steps" in sample.stdout
+    assert Image.open(png).size == (3 * 28 + 4 * 2,) * 2  # a 3 x 3 grid of 28 x 28 digits
+    with Image.open(gif) as im:
+        assert im.n_frames == 6  # x_T and one frame per step
+
+
+def test_toy_train_resume_and_sample_in_process(tmp_path, capsys):
+    out = tmp_path / "toy"
+    args = ["--data", "moons", "--budget", "smoke", "--out", str(out), "--no-progress"]
+    assert train_cli.main([*args, "--steps", "10", "--device", "cpu"]) == 0
+    assert "done: 10 steps" in capsys.readouterr().out
+    assert train_cli.main([*args, "--steps", "20", "--resume", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 10 of 20" in printed and "done: 20 steps" in printed
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 20
+    pngs = sorted(p.name for p in out.glob("samples_*.png"))
+    assert pngs[-1] == "samples_0000020.png"
+
+    png = tmp_path / "points.png"
+    assert sample_cli.main(["--checkpoint", str(out / "last.pt"), "--out", str(png), "--n", "300",
+                            "--steps", "10", "--device", "cpu"]) == 0  # fmt: skip
+    assert "300 samples, ddpm with 10 steps" in capsys.readouterr().out
+    assert Image.open(png).size == (400, 400)
+
+
+def test_cli_errors_name_the_argument(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--data", "svhn", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--data: invalid choice: 'svhn'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_cli.main(["--data", "moons", "--budget", "smoke", "--out", str(tmp_path),
+                        "--batch-size", "0"])  # fmt: skip
+    assert "batch_size: expected an int >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample_cli.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", "x.png"])
+    assert "--checkpoint: no file at" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="resume: no checkpoint at"):
+        train_cli.main(["--data", "moons", "--budget", "smoke", "--out", str(tmp_path / "new"),
+                        "--resume", "--device", "cpu"])  # fmt: skip

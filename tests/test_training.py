@@ -1,0 +1,398 @@
+"""Tests for ddpm_teach.training: L_simple, EMA, reproducibility, checkpoints, NaN guard, loading."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from ddpm_teach.data import EIGHT_GAUSSIANS_CENTERS, EIGHT_GAUSSIANS_STD, toy_2d
+from ddpm_teach.mlp import MLPDenoiser
+from ddpm_teach.sampling import ddim_sample, ddpm_sample
+from ddpm_teach.training import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    ema_decay_at,
+    ema_update,
+    load_checkpoint,
+    make_schedule,
+    train,
+)
+
+TOY = toy_2d("eight-gaussians", 4000, seed=1)
+# Tiny images (8 x 8, values in [-1, 1]): enough for a U-Net's code paths, fast on a CPU.
+IMAGES = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+TINY_UNET = dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_levels=[1])
+
+
+def toy_config(**kw) -> TrainConfig:
+    base = dict(
+        data="eight-gaussians", model_kwargs=dict(hidden=32, num_layers=1), num_steps=50,
+        train_steps=20, batch_size=32, lr=3e-3, warmup_steps=4, ema_decay=0.9, device="cpu",
+        num_samples=0, log_every=5, sample_steps=5,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def image_config(**kw) -> TrainConfig:
+    base = dict(
+        data="random-8x8", model="unet", model_kwargs=dict(TINY_UNET, dropout=0.2), hflip=True,
+        num_steps=50, train_steps=6, batch_size=16, lr=1e-3, warmup_steps=2, ema_decay=0.9,
+        device="cpu", num_samples=0, log_every=2, sample_steps=5,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def near_modes(samples: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Share of samples within 3 std of their nearest centre, and the count at each centre."""
+    dist, which = torch.cdist(samples.double(), EIGHT_GAUSSIANS_CENTERS.double()).min(dim=1)
+    near = dist <= 3 * EIGHT_GAUSSIANS_STD
+    return near.double().mean().item(), torch.bincount(which[near], minlength=8)
+
+
+def assert_same_state(a: Trainer, b: Trainer) -> None:
+    for (name, p), q in zip(
+        a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    for p, q in zip(a.ema.state_dict().values(), b.ema.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    for k in sa:
+        for key in sa[k]:
+            assert torch.equal(sa[k][key], sb[k][key]), (k, key)
+
+
+# ------------------------------------------------------------------ the loss, L_simple (eq. 14)
+class Zero(nn.Module):
+    """Predicts 0 whatever the input: the loss is then the mean square of the target itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return x * 0 + self.w * 0  # w only so that the optimiser has a parameter
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_loss_is_l_simple_for_each_target(prediction):
+    cfg = toy_config(prediction=prediction, train_steps=3, log_every=1)
+    tr = Trainer(cfg, TOY, model=Zero(), progress=False)
+    # The batches are a function of (seed, step), so they can be drawn again here.
+    expected = []
+    for step in range(3):
+        x0, t, eps = tr._batch(step)
+        target = {"eps": eps, "x0": x0, "v": tr.schedule.v_target(x0, eps, t)}[prediction]
+        expected.append(target.pow(2).mean().item())
+    tr.train()
+    assert [s for s, _ in tr.history] == [1, 2, 3]
+    assert [v for _, v in tr.history] == pytest.approx(expected, rel=1e-6)
+
+
+def test_t_is_uniform_and_x_t_follows_eq_4():
+    tr = Trainer(toy_config(batch_size=1000), TOY, progress=False)
+    ts = torch.cat([tr._batch(step)[1] for step in range(20)])
+    counts = torch.bincount(ts, minlength=50).double()
+    assert ts.min() == 0 and ts.max() == 49
+    chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum().item()
+    assert chi2 < 100  # 49 degrees of freedom: 100 is p < 1e-5 for a uniform t
+    x0, _, eps = tr._batch(0)
+    assert x0.shape == eps.shape == (1000, 2) and eps.std().item() == pytest.approx(1, abs=0.06)
+
+
+def test_each_epoch_visits_every_example_once():
+    data = TOY[:100]
+    tr = Trainer(toy_config(batch_size=30), data, progress=False)
+    seen = torch.cat([tr._indices(step) for step in range(10)])  # 300 = three epochs
+    for epoch in range(3):
+        assert sorted(seen[100 * epoch : 100 * (epoch + 1)].tolist()) == list(range(100))
+    assert not torch.equal(seen[:100], seen[100:200])  # a new order every epoch
+
+
+def test_loss_decreases_and_samples_reach_the_eight_modes():
+    cfg = TrainConfig.from_budget("eight-gaussians", "smoke", device="cpu", num_samples=0)
+    tr = Trainer(cfg, TOY, progress=False)
+    g = torch.Generator().manual_seed(0)
+    before, _ = near_modes(ddpm_sample(tr.ema, tr.schedule, (1000, 2), g))
+    tr.train()
+    losses = [v for _, v in tr.history]
+    assert len(losses) == cfg.train_steps == 300
+    assert sum(losses[-50:]) / 50 < 0.5 * sum(losses[:20]) / 20
+    share, counts = near_modes(ddpm_sample(tr.ema, tr.schedule, (1000, 2), g))
+    assert before < 0.1  # untrained: noise, hardly any point near a mode
+    assert share > 0.25, share
+    assert (counts >= 20).all(), counts  # every mode reached (8 equal modes: 1/8 each)
+
+
+def test_log_has_throughput_and_callbacks_are_called(tmp_path):
+    logged, previews = [], []
+    cfg = toy_config(out_dir=str(tmp_path), num_samples=64, sample_every=10, train_steps=20)
+    tr = Trainer(
+        cfg, TOY, progress=False,
+        on_log=lambda s, v: logged.append((s, v)),
+        on_samples=lambda s, x: previews.append((s, x.shape)),
+    )  # fmt: skip
+    tr.train()
+    assert [s for s, _ in logged] == [5, 10, 15, 20]
+    assert previews == [(10, (64, 2)), (20, (64, 2))]
+    for entry in tr.log:
+        assert entry["images_per_s"] > 0 and entry["train_time_s"] > 0 and entry["lr"] > 0
+    assert [e["train_time_s"] for e in tr.log] == sorted(e["train_time_s"] for e in tr.log)
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["samples_0000010.png", "samples_0000020.png"]
+    assert Image.open(tmp_path / pngs[0]).size == (400, 400)
+    summary = tr.summary()
+    assert summary["steps"] == 20 and summary["images_per_s"] > 0
+
+
+def test_image_previews_are_grids(tmp_path):
+    cfg = image_config(out_dir=str(tmp_path), num_samples=4, train_steps=2)
+    tr = Trainer(cfg, IMAGES, progress=False)
+    tr.train()
+    img = Image.open(tmp_path / "samples_0000002.png")
+    assert img.size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)  # 2 x 2 grid, 2 px borders
+    assert tr.sample(3).shape == (3, 1, 8, 8) and tr.sample(3).abs().max() <= 1.5
+
+
+# ------------------------------------------------------------------ learning rate and EMA
+def test_warmup_is_linear_then_flat():
+    tr = Trainer(toy_config(lr=1e-2, warmup_steps=4), TOY, progress=False)
+    assert [tr.lr_at(s) for s in range(6)] == pytest.approx(
+        [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]
+    )
+
+
+def test_ema_update_by_hand():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    a0 = copy.deepcopy(a)
+    ema_update(a, b, 0.9)
+    for p, p0, q in zip(a.parameters(), a0.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, 0.9 * p0 + 0.1 * q, atol=1e-7)
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(90, 0.999) == pytest.approx(0.91)
+    assert ema_decay_at(10**6, 0.999) == 0.999 and ema_decay_at(0, 0.999, warmup=False) == 0.999
+    with pytest.raises(ValueError, match="decay"):
+        ema_update(a, b, 1.5)
+
+
+def test_trainer_ema_after_one_step():
+    tr = Trainer(toy_config(ema_decay=0.99), TOY, progress=False)
+    init = [p.detach().clone() for p in tr.model.parameters()]
+    tr.train(1)
+    d = ema_decay_at(0, 0.99)  # 0.1: the first update mostly forgets the initial weights
+    for e, p0, p in zip(tr.ema.parameters(), init, tr.model.parameters(), strict=True):
+        assert not torch.equal(p, p0)
+        assert torch.allclose(e, d * p0 + (1 - d) * p, atol=1e-7)
+    assert tr.ema_model() is tr.ema and not tr.ema.training
+
+
+# ------------------------------------------------------------------ reproducibility and resume
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_resume_continues_exactly(tmp_path, kind):
+    make, data = (toy_config, TOY) if kind == "mlp" else (image_config, IMAGES)
+    steps = 20 if kind == "mlp" else 6
+    straight = Trainer(make(train_steps=steps), data, progress=False)
+    straight.train()
+
+    cfg = make(train_steps=steps, out_dir=str(tmp_path))
+    first = Trainer(cfg, data, progress=False)
+    first.train(steps // 2)
+    assert (tmp_path / "last.pt").is_file()
+    rng = torch.get_rng_state()
+    second = Trainer(cfg, data, resume=True, progress=False)
+    assert second.step == steps // 2
+    second.train()
+    assert second.step == steps
+    assert torch.equal(torch.get_rng_state(), rng)  # training leaves the caller's RNG alone
+    assert_same_state(straight, second)
+    assert second.history == straight.history
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    a = train(toy_config(), TOY, progress=False)
+    b = train(toy_config(), TOY, progress=False)
+    c = train(toy_config(seed=1), TOY, progress=False)
+    assert a.history == b.history and a.history != c.history
+
+
+def test_resume_refuses_another_config(tmp_path):
+    Trainer(toy_config(out_dir=str(tmp_path)), TOY, progress=False).train(2)
+    with pytest.raises(ValueError, match=r"lr: 0\.003 in the checkpoint, 0\.001 now"):
+        Trainer(toy_config(out_dir=str(tmp_path), lr=1e-3), TOY, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(toy_config(), TOY, resume=tmp_path / "nope.pt", progress=False)
+    # More steps is fine: a resumed run may be extended.
+    more = Trainer(
+        toy_config(out_dir=str(tmp_path), train_steps=30), TOY, resume=True, progress=False
+    )
+    assert more.step == 2
+
+
+# ------------------------------------------------------------------ checkpoints
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    tr = Trainer(toy_config(out_dir=str(tmp_path)), TOY, progress=False)
+    tr.train(3)  # each train() call ends with a checkpoint
+    good = (tmp_path / "last.pt").read_bytes()
+    tr.train(2)
+    assert (tmp_path / "last.pt").read_bytes() != good  # a normal save replaces it
+    good = (tmp_path / "last.pt").read_bytes()
+
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        real_save(obj, f)
+        f.seek(f.tell() // 2)
+        f.truncate()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        tr.save_checkpoint()
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]  # no temporary file left behind
+    assert (tmp_path / "last.pt").read_bytes() == good  # the old checkpoint, whole
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 5
+
+
+class NaNAfter(MLPDenoiser):
+    """An MLP whose output turns NaN from its ``k``-th call (k = 1 is the first)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__(hidden=32, num_layers=1)
+        self.k, self.calls = k, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        out = super().forward(x, t)
+        return out * float("nan") if self.calls >= self.k else out
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = toy_config(out_dir=str(tmp_path), checkpoint_every=5, log_every=50, train_steps=20)
+    tr = Trainer(cfg, TOY, model=NaNAfter(8), progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 8.*step 5\), was kept") as e:
+        tr.train()
+    assert e.value.step == 8
+    assert tr.history[-1][0] == 7  # the good steps are kept for plotting
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_nan_in_the_data_is_named_before_training():
+    bad = TOY[:100].clone()
+    bad[17, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"data: examples \[17\] contain NaN"):
+        Trainer(toy_config(), bad, progress=False)
+
+
+def test_load_checkpoint_on_cpu(tmp_path):
+    cfg = image_config(out_dir=str(tmp_path), prediction="v")
+    tr = Trainer(cfg, IMAGES, progress=False)
+    tr.train()
+    model, ema, schedule, config = load_checkpoint(tmp_path / "last.pt", map_location="cpu")
+    assert config == cfg
+    assert torch.equal(schedule.alpha_bars, make_schedule("linear", 50).alpha_bars)
+    for net, ref in ((model, tr.model), (ema, tr.ema)):
+        assert not net.training and next(net.parameters()).device.type == "cpu"
+        for p, q in zip(net.state_dict().values(), ref.state_dict().values(), strict=True):
+            assert torch.equal(p, q)
+    x = ddim_sample(ema, schedule, (2, 1, 8, 8), 5, generator=torch.Generator().manual_seed(0),
+                    prediction="v", clip_x0=True)  # fmt: skip
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to write a GPU checkpoint")
+def test_cuda_checkpoint_loads_where_there_is_no_gpu(tmp_path):
+    cfg = image_config(out_dir=str(tmp_path), device="cuda", bf16=True, channels_last=True)
+    tr = Trainer(cfg, IMAGES, progress=False)
+    tr.train()
+    assert next(tr.model.parameters()).is_cuda and tr.step == cfg.train_steps
+    code = textwrap.dedent(f"""
+        import torch
+        from ddpm_teach.training import load_checkpoint
+        assert not torch.cuda.is_available()
+        model, ema, schedule, config = load_checkpoint({str(tmp_path / "last.pt")!r})
+        x = ema(torch.zeros(2, 1, 8, 8), torch.tensor([0, 10]))
+        print("ok", x.device, config.device)
+    """)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", "cpu", "cuda"]
+
+
+# ------------------------------------------------------------------ bf16, memory format, config
+def test_bf16_is_a_no_op_on_cpu():
+    a = train(image_config(bf16=False), IMAGES, progress=False)
+    b = train(image_config(bf16=True), IMAGES, progress=False)
+    assert_same_state(a, b)
+
+
+def test_channels_last_trains_the_same_on_cpu():
+    # Other conv kernels, so not bit-equal: compare the first step's loss and gradients.
+    a = Trainer(image_config(), IMAGES, progress=False)
+    b = Trainer(image_config(channels_last=True), IMAGES, progress=False)
+    a.train(1)
+    b.train(1)
+    assert b.model.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert a.history[0][1] == pytest.approx(b.history[0][1], rel=1e-5)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(prediction="score"), "prediction"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(ema_decay=1.0), "ema_decay"),
+        (dict(model="transformer"), "model"),
+        (dict(schedule="sigmoid"), "schedule"),
+        (dict(sample_steps=51), "sample_steps"),
+        (dict(grad_clip=0), "grad_clip"),
+        (dict(log_every=0), "log_every"),
+    ],
+)
+def test_bad_config_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        toy_config(**kwargs)
+
+
+def test_from_budget_and_bad_data():
+    cfg = TrainConfig.from_budget("glyph-digits", "cpu")
+    assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 3600
+    assert cfg.model_kwargs["channel_mults"] == (1, 2, 2) and not cfg.hflip
+    assert TrainConfig.from_budget("cifar10", "gpu").hflip
+    toy = TrainConfig.from_budget("moons", "smoke", train_steps=40)
+    assert toy.model == "mlp" and toy.train_steps == 40 and toy.checkpoint_every == 4
+    assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ValueError, match="data: unknown data set 'svhn'"):
+        TrainConfig.from_budget("svhn", "smoke")
+    with pytest.raises(TypeError, match="not TrainConfig fields"):
+        TrainConfig.from_budget("moons", "smoke", learning_rate=1.0)
+    with pytest.raises(ValueError, match="'mlp' needs points"):
+        Trainer(toy_config(model="mlp"), IMAGES, progress=False)
+
+
+def test_linear_schedule_is_rescaled_to_t():
+    for T in (50, 100, 1000):
+        ab_T = make_schedule("linear", T).alpha_bars[-1].item()
+        assert ab_T < 1e-4  # pure noise at the end, whatever T
+    assert make_schedule("linear", 1000).betas[-1].item() == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="num_steps"):
+        make_schedule("linear", 10)
+    assert math.isclose(make_schedule("cosine", 10).alpha_bars[0].item(), 0.97, abs_tol=0.03)
