@@ -447,10 +447,12 @@ def cifar_batch(n: int, first_label: int) -> bytes:
     return pickle.dumps(batch, protocol=2)
 
 
-def write_cifar(folder: Path, as_archive: bool):
+def write_cifar(folder: Path, as_archive: bool, skip: str = ""):
     files = {f"data_batch_{i}": cifar_batch(2, i) for i in range(1, 6)} | {
         "test_batch": cifar_batch(3, 7)
     }
+    # Archive order scrambled, as in the official tarball; the reader must sort the batches.
+    files = {name: files[name] for name in reversed(files) if name != skip}
     folder.mkdir(parents=True)
     if not as_archive:
         (folder / "cifar-10-batches-py").mkdir()
@@ -476,6 +478,12 @@ def test_load_cifar10(tmp_path, as_archive):
     assert y.tolist() == [1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
     x, y = load_cifar10(root=tmp_path, train=False, verify=False)
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [7, 8, 9]
+
+
+def test_cifar_archive_missing_a_batch(tmp_path):
+    write_cifar(tmp_path / "cifar10", as_archive=True, skip="data_batch_3")
+    with pytest.raises(ValueError, match=r"lacks \['cifar-10-batches-py/data_batch_3'\]"):
+        load_cifar10(root=tmp_path, verify=False)
 
 
 def test_cifar_archive_checksum_is_checked(tmp_path):
