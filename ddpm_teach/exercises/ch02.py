@@ -276,3 +276,195 @@ def _(t, betas):
 def _(t, betas):
     a = _alpha_bars(betas)[t]
     return (a / (1 - a)).log()
+
+
+def _variance_cases() -> list[dict[str, Any]]:
+    return [{"betas": betas} for betas in _schedules()]
+
+
+@exercise(
+    "closed-form-variance",
+    chapter="02",
+    title="The variance of q(x_t | x_0), step by step",
+    task=(
+        "return v, shape (T,), with v[t] = Var(x_t | x_0) per coordinate, found by composing the "
+        "steps of eq. 2: v_t = alpha_t v_{t-1} + beta_t with alpha_t = 1 - beta_t, starting from "
+        "v = 0 for the data x_0 itself. It must come out as 1 - alpha_bar_t (eq. 4)."
+    ),
+    cases=_variance_cases,
+)
+def composed_variance(betas: Tensor) -> Tensor:
+    return 1.0 - NoiseSchedule(betas).alpha_bars
+
+
+def _recursion(betas: Tensor, scale: Tensor, start: float = 0.0) -> Tensor:
+    """v_t = scale_t v_{t-1} + beta_t from v = ``start``: the recursion with a chosen factor."""
+    v, out = torch.tensor(start, dtype=betas.dtype), []
+    for s, b in zip(scale, betas, strict=True):
+        v = s * v + b
+        out.append(v)
+    return torch.stack(out)
+
+
+@composed_variance.mistake(
+    "std-not-variance",
+    "you returned sqrt(1 - alpha_bar_t), the standard deviation; the variance is 1 - alpha_bar_t. "
+    "Several tutorials make this slip, writing the square root into the variance slot of "
+    "N(mean, variance).",
+)
+def _(betas):
+    return (1 - _alpha_bars(betas)).sqrt()
+
+
+@composed_variance.mistake(
+    "product-up-to-T",
+    "every entry is the same: you multiplied the alphas of all T steps. alpha_bar_t is the product "
+    "up to step t only, so the variance grows with t: v[t] = 1 - prod_{s <= t} alpha_s.",
+)
+def _(betas):
+    return (1 - _alpha_bars(betas)[-1]).expand(betas.shape).clone()
+
+
+@composed_variance.mistake(
+    "no-alpha-factor",
+    "you added up the betas, v_t = v_{t-1} + beta_t, forgetting that each step also shrinks the "
+    "noise already there: x_{t-1} is scaled by sqrt(alpha_t), its variance by alpha_t, so "
+    "v_t = alpha_t v_{t-1} + beta_t.",
+)
+def _(betas):
+    return torch.cumsum(betas, dim=0)
+
+
+@composed_variance.mistake(
+    "alpha-squared",
+    "you scaled the variance so far by alpha_t^2; x_{t-1} is multiplied by sqrt(alpha_t), so its "
+    "variance is multiplied by (sqrt(alpha_t))^2 = alpha_t: v_t = alpha_t v_{t-1} + beta_t.",
+)
+def _(betas):
+    return _recursion(betas, (1 - betas) ** 2)
+
+
+@composed_variance.mistake(
+    "sqrt-alpha",
+    "you scaled the variance so far by sqrt(alpha_t), the coefficient of x_{t-1}; a variance "
+    "scales by the coefficient squared, alpha_t: v_t = alpha_t v_{t-1} + beta_t.",
+)
+def _(betas):
+    return _recursion(betas, (1 - betas).sqrt())
+
+
+@composed_variance.mistake(
+    "shifted",
+    "t is off by one: your entry t is the variance before step t (your v[0] is 0). Entry 0 must "
+    "already include the first step's noise: v[0] = beta_0.",
+)
+def _(betas):
+    return torch.cat([torch.zeros(1, dtype=betas.dtype), 1 - _alpha_bars(betas)[:-1]])
+
+
+@composed_variance.mistake(
+    "started-at-one",
+    "every entry is 1: you started the recursion from v = 1, as if x_0 were noise. x_0 is the "
+    "given data, with no noise in it yet: start from v = 0.",
+)
+def _(betas):
+    return _recursion(betas, 1 - betas, start=1.0)
+
+
+@composed_variance.mistake(
+    "one-step-only",
+    "you returned beta_t, the variance one step adds; after t steps the noise of all of them has "
+    "piled up (each shrunk by the later steps): v_t = alpha_t v_{t-1} + beta_t.",
+)
+def _(betas):
+    return betas.clone()
+
+
+def _t_for_snr_cases() -> list[dict[str, Any]]:
+    # Levels chosen so that every mistake below lands on a different step in some case.
+    levels = [1.0, 0.1, 3.0]
+    return [{"betas": b, "level": lv} for b, lv in zip(_schedules(), levels, strict=True)]
+
+
+def _first(below: Tensor) -> Tensor:
+    """Index of the first True in a 1-D mask, as a 0-dim int64 tensor; len(mask) if none is."""
+    hits = below.nonzero()
+    return hits[0, 0] if hits.numel() else torch.tensor(below.numel())
+
+
+def _snr_table(betas: Tensor) -> Tensor:
+    a = _alpha_bars(betas)
+    return a / (1 - a)
+
+
+@exercise(
+    "t-for-snr",
+    chapter="02",
+    title="When does noise win?",
+    task=(
+        "return the first step index t (counting from 0, as the code does) at which "
+        "SNR(t) = alpha_bar_t / (1 - alpha_bar_t) is below `level`, as an int (T if it never is)."
+    ),
+    cases=_t_for_snr_cases,
+    normalize=lambda out: torch.as_tensor(out).reshape(()),  # int, 0-dim or 1-element tensor
+    hint=(
+        "Return one number, the index of the first True in the mask `snr < level` "
+        "(e.g. via `.nonzero()`), not the mask or the SNR table."
+    ),
+)
+def t_for_snr(betas: Tensor, level: float) -> Tensor:
+    return _first(NoiseSchedule(betas).snr(torch.arange(len(betas))) < level)
+
+
+@t_for_snr.mistake(
+    "last-above",
+    "off by one: you returned the last step at which the SNR is still at or above the level; the "
+    "task asks for the first step at which it is below (one later).",
+)
+def _(betas, level):
+    return _first(_snr_table(betas) < level) - 1
+
+
+@t_for_snr.mistake(
+    "paper-index",
+    "you returned the paper's step number t + 1 (the paper counts from 1); the code counts from "
+    "0, so return the index into alpha_bars itself.",
+)
+def _(betas, level):
+    return _first(_snr_table(betas) < level) + 1
+
+
+@t_for_snr.mistake(
+    "alpha-bar-below-level",
+    "you compared alpha_bar_t with the level; compare the SNR, alpha_bar_t / (1 - alpha_bar_t). "
+    "(SNR < 1 means alpha_bar_t < 1/2, not alpha_bar_t < 1.)",
+)
+def _(betas, level):
+    return _first(_alpha_bars(betas) < level)
+
+
+@t_for_snr.mistake(
+    "ratio-of-stds",
+    "you compared the ratio of standard deviations, sqrt(alpha_bar_t / (1 - alpha_bar_t)), with "
+    "the level; the SNR is the ratio of variances, without the square root.",
+)
+def _(betas, level):
+    return _first(_snr_table(betas).sqrt() < level)
+
+
+@t_for_snr.mistake(
+    "log-snr",
+    "you compared log SNR(t) with the level; the task compares the SNR itself (or compare the "
+    "log-SNR with log(level)).",
+)
+def _(betas, level):
+    return _first(_snr_table(betas).log() < level)
+
+
+@t_for_snr.mistake(
+    "count-below",
+    "you returned how many steps have an SNR below the level (T minus the answer); return the "
+    "index of the first such step.",
+)
+def _(betas, level):
+    return (_snr_table(betas) < level).sum()
