@@ -289,6 +289,8 @@ class ToyReport:
     """Numbers for 2-D samples, each beside its floor (fresh data, same count, same reference).
 
     ``modes_hit``, ``share_near`` and their data values are None for toys without discrete modes.
+    MMD^2 is unbiased, so ``mmd_floor`` scatters around 0 (it can be negative): a score within a
+    few times |mmd_floor| of 0 is at the floor. SW2 is positive and its floor is plain to read.
     """
 
     name: str
