@@ -36,8 +36,22 @@ _EXPORTS = {
     "vlb": "likelihood",
     "bits_per_dim": "likelihood",
     "UNet": "unet",
+    "timestep_embedding": "unet",
+    "MLPDenoiser": "mlp",
+    "toy_2d": "data",
+    "glyph_digits": "data",
+    "load_dataset": "data",
+    "TrainConfig": "training",
+    "Trainer": "training",
+    "load_checkpoint": "training",
     "budget": "budgets",
     "Budget": "budgets",
+    "mode_coverage": "metrics",
+    "toy_report": "metrics",
+    "digit_report": "metrics",
+    "forward_slider": "viz",
+    "frames_slider": "viz",
+    "image_grid": "viz",
 }
 
 __all__ = ["__version__", *_EXPORTS]
