@@ -591,9 +591,10 @@ class Trainer:
         # t stays on the CPU: the schedule gathers its coefficients there without a device sync.
         t = torch.randint(0, self.schedule.num_steps, (size,), generator=g)[lo:hi]
         idx = self._indices(step)[lo:hi]
-        x0 = self.data[idx.to(self.device)]
+        # non_blocking: a blocking host-to-device copy would also wait for the previous step.
+        x0 = self.data[idx.to(self.device, non_blocking=True)]
         if cfg.hflip and self.is_image:
-            flip = (torch.rand(size, generator=g) < 0.5)[lo:hi].to(self.device)
+            flip = (torch.rand(size, generator=g) < 0.5)[lo:hi].to(self.device, non_blocking=True)
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
         g = self._dev_gen.manual_seed(_mix(cfg.seed, step, _STREAM_NOISE))
         shape = (size, *self.data.shape[1:])
