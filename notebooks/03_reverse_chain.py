@@ -5,7 +5,7 @@
 # generative model must run the other way, from noise to data. This chapter works out what "the
 # other way" means exactly, why a chain of small Gaussian steps can do it, and what a network has to
 # learn for it. Then we run that chain, first with a perfect denoiser computed in closed form, then
-# with a small network trained in seconds, and compare the two.
+# with a small network trained in under a minute on a CPU, and compare the two.
 #
 # **Learning objectives.** After this chapter you can:
 #
@@ -576,8 +576,8 @@ print(f"L_T for a data value x_0 = 1, in nats: {L_T:.1e}")
 #    on the middle of the chain. Dropping $\lambda_t$
 #    moves the network's effort towards larger $t$, the harder denoising tasks that decide what the
 #    samples look like (paper, section 3.4). The price: $L_\text{simple}$ is no longer a bound on
-#    $-\log p_\theta(x_0)$, and the likelihood comes out slightly worse (Table 1: a better FID, 3.17,
-#    for a slightly worse bound, 3.75 against 3.70 bits/dim).
+#    $-\log p_\theta(x_0)$, and the likelihood comes out slightly worse (Table 1, CIFAR-10: a much
+#    better FID, 3.17, for a slightly worse bound, 3.75 against 3.70 bits/dim).
 # 3. **The discrete decoder $L_0$** becomes the $t = 1$ term of the same squared error.
 #
 # Sampling $t$ uniformly is also what makes one training step cheap: one random $t$ per example,
@@ -812,7 +812,7 @@ plt.show()
 # - The ELBO (eq. 5) is a sum of KLs between Gaussians; each is a weighted squared error in
 #   $\epsilon$ (eq. 12). $L_\text{simple}$ (eq. 14) drops the weights and the constants.
 # - The exact denoiser $\mathbb E[\epsilon \mid x_t]$ (`GaussianMixture.denoiser`) turns noise
-#   into the data distribution; a small MLP trained with $L_\text{simple}$ for seconds comes close,
+#   into the data distribution; a small MLP trained with $L_\text{simple}$ for a minute comes close,
 #   and its loss approaches the exact denoiser's, which is the floor.
 
 # %% [markdown]
