@@ -416,6 +416,10 @@ class FrameSlider(widgets.VBox):
         self.pngs, self.texts, self.labels, self.titles = pngs, texts, labels, list(titles)
         self.scale = scale
         self._size = Image.open(io.BytesIO(pngs[0][0])).size
+        # Every widget is a model in the saved notebook, and each would bring its own Layout (and
+        # Style) model; frames share one of each, which roughly halves the stored widget state.
+        self._layout = widgets.Layout()
+        self._html_style = widgets.HTML().style
         self.play = widgets.Play(value=0, min=0, max=n - 1, step=1, interval=round(1000 / fps))
         self.slider = widgets.SelectionSlider(
             options=[(label, i) for i, label in enumerate(labels)],
@@ -448,7 +452,11 @@ class FrameSlider(widgets.VBox):
     def _image(self, png: bytes) -> widgets.Image:
         w, h = self._size
         image = widgets.Image(
-            value=png, format="png", width=str(w * self.scale), height=str(h * self.scale)
+            value=png,
+            format="png",
+            width=str(w * self.scale),
+            height=str(h * self.scale),
+            layout=self._layout,
         )
         image.add_class("ddpm-frame")  # enlarged without smoothing, see _PIXELATED
         return image
@@ -460,14 +468,15 @@ class FrameSlider(widgets.VBox):
 
         Every widget here is a model in the saved notebook, 50 frames over, so none is spare.
         """
+        shared = {"layout": self._layout, "style": self._html_style}
         panels = []
         for image, text, title in zip(images, texts, self.titles, strict=True):
-            cap = widgets.HTML(_caption_html(text))
+            cap = widgets.HTML(_caption_html(text), **shared)
             if keep is not None:
                 keep.append(cap)
-            head = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-            panels.append(widgets.VBox([*head, image, cap]))
-        return panels[0] if len(panels) == 1 else widgets.HBox(panels)
+            head = [widgets.HTML(f"<b>{html.escape(title)}</b>", **shared)] if title else []
+            panels.append(widgets.VBox([*head, image, cap], layout=self._layout))
+        return panels[0] if len(panels) == 1 else widgets.HBox(panels, layout=self._layout)
 
     def _on_index(self, change: dict) -> None:
         """ipywidgets 7 path: swap the pictures' bytes and captions (nothing is re-rendered)."""
