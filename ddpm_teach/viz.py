@@ -150,9 +150,10 @@ def _check_ts(
             raise TypeError(f"ts: expected ints (or None for the data), got {t!r}")
         t = operator.index(t.item() if isinstance(t, Tensor | np.generic) else t)
         limit = schedule.num_steps if schedule is not None else None
-        if t < 0 or (limit is not None and t >= limit):
+        if t < -1 or (limit is not None and t >= limit):
             raise ValueError(
-                f"ts: step indices must lie in 0..{'T-1' if limit is None else limit - 1}, got {t}"
+                f"ts: step indices must lie in 0..{'T-1' if limit is None else limit - 1} "
+                f"(or -1 for a sampler's final x_0, None for the data), got {t}"
             )
         out.append(t)
     return out
@@ -256,11 +257,13 @@ def _points_lim(frames: Sequence[np.ndarray]) -> float:
 def caption(t: int | None, schedule: NoiseSchedule | None = None) -> str:
     """The line under a frame: "t = 250   alpha_bar_t = 0.5214   SNR = 1.09" (linear, T = 1000).
 
-    ``t`` is the code's step index 0..T-1 (the paper's t + 1); ``None`` is the clean data x_0.
-    Without a schedule only t is shown.
+    ``t`` is the code's step index 0..T-1 (the paper's t + 1); ``None`` is the clean data x_0 and
+    -1 the x_0 a sampler ends on (as in ``Trajectory.timesteps``). Without a schedule only t is shown.
     """
     if t is None:
         return "x_0 = data (no noise)"
+    if t == -1:
+        return "x_0 = sample (no noise left)"
     if schedule is None:
         return f"t = {t}"
     t = int(schedule.check_t(t)[0])
@@ -270,8 +273,8 @@ def caption(t: int | None, schedule: NoiseSchedule | None = None) -> str:
 
 
 def _label(t: int | None) -> str:
-    """The slider readout: the step index, or "data" for x_0."""
-    return "data" if t is None else str(t)
+    """The slider readout: the step index, "data" for the clean data, "x_0" for a final sample."""
+    return "data" if t is None else "x_0" if t == -1 else str(t)
 
 
 # ---------------------------------------------------------------------------- rendering

@@ -112,6 +112,7 @@ def test_caption_numbers_for_a_hand_computable_schedule() -> None:
     assert viz.caption(1, s) == "t = 1   alpha_bar_t = 0.25   SNR = 0.333"
     assert viz.caption(1) == "t = 1"
     assert viz.caption(None, s) == "x_0 = data (no noise)"
+    assert viz.caption(-1, s) == "x_0 = sample (no noise left)"  # a sampler's last state
     with pytest.raises(ValueError, match=r"t: step indices must lie in 0\.\.1"):
         viz.caption(2, s)
 
