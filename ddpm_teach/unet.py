@@ -121,9 +121,11 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
-        h = h + self.emb_proj(emb_act)[:, :, None, None]  # the same shift at every pixel
+        # In place: a conv's backward never reads its output, so both adds may reuse it
+        # (two fewer activation-sized allocations per block).
+        h += self.emb_proj(emb_act)[:, :, None, None]  # the same shift at every pixel
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return h.add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):
@@ -131,7 +133,15 @@ class AttentionBlock(nn.Module):
 
     GroupNorm -> one 1x1 conv giving q, k, v -> softmax(q k^T / sqrt(C)) v -> 1x1 conv
     (zero-initialised) -> added to x. Shapes: (B, C, H, W) -> (B, C, H, W).
+
+    Two ways to compute the same thing, picked by speed (docs/benchmarks.md): on the CPU, up to
+    ``MATH_MAX_POSITIONS`` positions, the plain formula with an explicit (B, HW, HW) weight matrix
+    (torch's fused CPU kernel costs 1.4x (fp32) to 4x (bf16) more there, forward + backward);
+    otherwise ``F.scaled_dot_product_attention``, whose flash kernel never builds that matrix.
     """
+
+    #: Largest H * W for the explicit path on CPU (16 x 16); beyond it the fused kernel wins.
+    MATH_MAX_POSITIONS = 256
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
@@ -142,6 +152,14 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        cl = x.is_contiguous(memory_format=torch.channels_last)
+        if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
+            q, k, v = qkv.flatten(2).chunk(3, dim=1)  # each (B, C, HW); bmm reads them strided
+            w = torch.softmax(q.transpose(1, 2) @ k * C**-0.5, dim=-1)  # (B, HW, HW)
+            h = (v @ w.transpose(1, 2)).view(B, C, H, W)  # h[:, :, i] = sum_j w[i, j] v[:, :, j]
+            if cl:  # keep x's layout downstream (see below)
+                h = h.contiguous(memory_format=torch.channels_last)
+            return self.proj(h).add_(x)  # in place on the conv's fresh output
         # Positions-major (B, H*W, 3C), split into one head each of q, k, v: (B, 1, H*W, C).
         # .contiguous() is free for channels_last input and one copy otherwise; it lets SDPA take
         # its fused kernel (several times faster on CPU than the strided fallback at 32 x 32).
@@ -150,7 +168,6 @@ class AttentionBlock(nn.Module):
         h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # a view with channels_last strides
         # Back to x's memory format, so that layouts never mix downstream (a mixed add or cat
         # silently converts whole activations); again free for channels_last, one copy otherwise.
-        cl = x.is_contiguous(memory_format=torch.channels_last)
         h = h.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         return x + self.proj(h)
 

@@ -332,3 +332,27 @@ def test_upsample_is_nearest_neighbour(channels_last):
     out = up(x)
     assert out.shape == (2, 4, 10, 6) and torch.allclose(out, expected, atol=1e-6)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_explicit_and_fused_paths_agree(channels_last, monkeypatch):
+    """On the CPU, short sequences take the explicit softmax path, long ones SDPA: same numbers,
+    same gradients, and the output keeps the input's memory layout on both."""
+    torch.manual_seed(0)
+    block = AttentionBlock(8, groups=4)
+    perturb_zero_params(block)
+    x = torch.randn(2, 8, 4, 6)  # 24 positions: the explicit path
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert x.shape[2] * x.shape[3] <= AttentionBlock.MATH_MAX_POSITIONS
+    results = []
+    for limit in (AttentionBlock.MATH_MAX_POSITIONS, 0):  # 0: every size takes the fused kernel
+        monkeypatch.setattr(AttentionBlock, "MATH_MAX_POSITIONS", limit)
+        xi = x.detach().clone().requires_grad_()
+        out = block(xi)
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        out.square().sum().backward()
+        results.append((out.detach(), xi.grad, block.qkv.weight.grad.clone()))
+        block.zero_grad()
+    for explicit, fused in zip(*results, strict=True):
+        assert torch.allclose(explicit, fused, atol=1e-5)
