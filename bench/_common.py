@@ -363,9 +363,15 @@ def check_matched(ours: nn.Module, theirs: nn.Module, tolerance: float = 0.15) -
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs that ``fn()`` performs, counted by torch.utils.flop_counter (matmuls and convs)."""
+    """FLOPs that ``fn()`` performs, counted by torch.utils.flop_counter (matmuls and convs).
+
+    Attention is routed through SDPA's math backend while counting: the counter sees its matmuls
+    there but counts 0 for the fused CPU kernel, which would leave out diffusers' attention
+    (ours computes short sequences with plain matmuls, which it always counts).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())

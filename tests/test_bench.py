@@ -1,0 +1,81 @@
+"""Smoke test of the benchmark scripts: each runs at --tiny size and appends its table.
+
+Nothing here is timed or compared: the numbers of a --tiny run mean nothing. The test proves that
+every script runs end to end and writes a dated section with its table into a copy of the doc.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+SCRIPTS = {
+    "train_step": ["--precision", "bf16"],
+    "sampling": [],
+    "time_to_quality": [],
+    "course_time": [],
+}
+HEADER = "# Benchmarks\n\nHow to reproduce: see the top of the real file.\n"
+
+
+@pytest.fixture
+def doc(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text(HEADER)
+    return path
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_script_runs_and_appends_its_section(name, doc, capsys):
+    module = importlib.import_module(f"bench.{name}")
+    argv = ["--tiny", "--doc", str(doc), *SCRIPTS[name]]
+    assert module.main(argv) == 0
+    text = doc.read_text()
+    assert text.startswith(HEADER)  # appended, nothing above it rewritten
+    section = text[len(HEADER) :]
+    assert re.search(rf"^### {name} — \d{{4}}-\d\d-\d\d \d\d:\d\d UTC$", section, re.M)
+    assert f"- Command: `python -m bench.{name} --tiny --doc {doc}" in section
+    for field in ("- CPU: ", "- GPU: ", "- Versions: torch ", "- Load average"):
+        assert field in section
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(table) >= 3 and set(table[1]) <= set("|-")  # header, rule, at least one row
+    assert table[0] in capsys.readouterr().out  # the same table was printed
+
+
+def test_train_step_rows_compare_matched_networks(doc):
+    from bench import train_step
+
+    train_step.main(["--tiny", "--doc", str(doc), "--precision", "fp32"])
+    row = next(line for line in doc.read_text().splitlines() if line.startswith("| tiny |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "fp32"
+    ours, theirs = cells[2].split(" / ")
+    assert ours == theirs  # matched configuration: the same parameter count
+    flops_ours, flops_theirs = cells[3].split(" / ")
+    assert flops_ours == flops_theirs  # and the same counted FLOPs, attention included
+    assert float(cells[8].strip("*")) > 0  # the FLOP-rate ratio
+
+
+def test_mismatched_networks_are_refused():
+    from bench import _common
+
+    small = _common.NetConfig("x", 1, 8, (8, 16), 1, (), 2)
+    big = _common.NetConfig("y", 1, 8, (16, 32), 1, (), 2)
+    with pytest.raises(RuntimeError, match="parameters differ"):
+        _common.check_matched(_common.build_ours(small), _common.build_diffusers(big))
+    _common.check_matched(_common.build_ours(small), _common.build_diffusers(small))
+
+
+def test_doc_dash_writes_nothing_and_the_default_doc_is_used_otherwise(tmp_path, monkeypatch):
+    from bench import _common, course_time
+
+    default = tmp_path / "default.md"
+    monkeypatch.setattr(_common, "DEFAULT_DOC", default)
+    assert course_time.main(["--tiny", "--doc", "-"]) == 0
+    assert not default.exists()
+    assert course_time.main(["--tiny"]) == 0
+    assert "### course_time — " in default.read_text()
