@@ -136,13 +136,20 @@ class GAN(nn.Module):
         latent: dimension of the generator's input noise z.
         hidden: width of every hidden layer.
         num_layers: hidden layers of each network.
+        seed: if given, the initial weights are drawn from a generator seeded with it, so the
+            same seed gives the same network whatever ran before (else from the global RNG).
 
     ``generator``: (B, latent) -> (B, dim), ReLU. ``discriminator``: (B, dim) -> (B, 1) logits,
     LeakyReLU(0.2) (so that D passes gradient to G even where its units are off).
     """
 
     def __init__(
-        self, dim: int = 2, latent: int = 2, hidden: int = 128, num_layers: int = 2
+        self,
+        dim: int = 2,
+        latent: int = 2,
+        hidden: int = 128,
+        num_layers: int = 2,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = _check_int("dim", dim, 1)
@@ -152,6 +159,8 @@ class GAN(nn.Module):
         self.config = {"dim": dim, "latent": latent, "hidden": hidden, "num_layers": num_layers}
         self.generator = _mlp(latent, hidden, dim, num_layers, nn.ReLU)
         self.discriminator = _mlp(dim, hidden, 1, num_layers, lambda: nn.LeakyReLU(0.2))
+        if seed is not None:
+            _init_weights(self, _check_int("seed", seed, 0))
 
     def generate(self, z: Tensor) -> Tensor:
         """G(z): latent codes (B, latent) -> points (B, dim)."""
@@ -251,8 +260,7 @@ def train_gan(
     _check_int("log_every", log_every, 1)
     lr_g, lr_d = _check_positive("lr_g", lr_g), _check_positive("lr_d", lr_d)
     if gan is None:
-        gan = GAN(dim=data.shape[1])
-        _init_weights(gan, seed)
+        gan = GAN(dim=data.shape[1], seed=seed)
     elif not isinstance(gan, GAN):
         raise TypeError(f"gan: expected a GAN, got {type(gan).__name__}")
     batch_size = min(batch_size, len(data))
@@ -373,6 +381,7 @@ class VAE(nn.Module):
         num_layers: hidden layers of the encoder and of the decoder (SiLU).
         sigma: the decoder's fixed standard deviation, in data units (default: the eight
             Gaussians' own spread, 0.1).
+        seed: if given, the initial weights are drawn from a generator seeded with it.
     """
 
     def __init__(
@@ -382,6 +391,7 @@ class VAE(nn.Module):
         hidden: int = 128,
         num_layers: int = 2,
         sigma: float = 0.1,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = _check_int("dim", dim, 1)
@@ -398,6 +408,8 @@ class VAE(nn.Module):
         }
         self.encoder = _mlp(dim, hidden, 2 * latent, num_layers, nn.SiLU)
         self.decoder = _mlp(latent, hidden, dim, num_layers, nn.SiLU)
+        if seed is not None:
+            _init_weights(self, _check_int("seed", seed, 0))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z | x): points (B, dim) -> (mu, logvar), each (B, latent)."""
@@ -493,8 +505,7 @@ def train_vae(
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < math.inf:
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if vae is None:
-        vae = VAE(dim=data.shape[1])
-        _init_weights(vae, seed)
+        vae = VAE(dim=data.shape[1], seed=seed)
     elif not isinstance(vae, VAE):
         raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
     batch_size = min(batch_size, len(data))
