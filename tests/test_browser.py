@@ -314,7 +314,7 @@ def _widget_ids(cells: list[dict]) -> set[str]:
 
 
 def _errors(cells: list[dict]) -> list[str]:
-    """ "ename: evalue" of every error output in ``cells`` (as from ``CODE_OUTPUTS``)."""
+    """The "ename: evalue" of every error output in ``cells`` (as from ``CODE_OUTPUTS``)."""
     return [
         f"{out['ename']}: {out['evalue']}"
         for cell in cells
