@@ -32,6 +32,7 @@ from ._common import (
     alternate,
     base_parser,
     build_ours,
+    count_flops,
     fmt,
     machine_info,
     markdown_table,
@@ -119,8 +120,10 @@ def diffusers_sampler(kind: str, steps: int, schedule, shape, device, clip: bool
 # ================================================================================================
 
 
-def speed_rows(samplers, model, shape, args, device) -> list[list[str]]:
-    """images/s of both loops for each (kind, steps), alternating ours / diffusers."""
+def speed_rows(samplers, model, shape, args, device, net_flops: int) -> list[list[str]]:
+    """images/s of both loops for each (kind, steps), alternating ours / diffusers; achieved
+    network FLOP rate (and MFU with --peak-tflops) from the counted forward FLOPs per step."""
+    unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
     rows = []
     for kind, steps, ours, theirs in samplers:
         iters = args.ddpm_iters if kind == "ddpm" else args.iters
@@ -132,17 +135,22 @@ def speed_rows(samplers, model, shape, args, device) -> list[list[str]]:
         )
         a, b = times["ours"], times["diffusers"]
         ratio = pair_ratio(a.wall, b.wall)
+        cpu_ratio = pair_ratio(a.cpu, b.cpu) if device.type == "cpu" else "-"
         name = f"DDPM-{steps}" if kind == "ddpm" else f"DDIM-{steps}"
-        rows.append(
-            [
-                name,
-                str(shape[0]),
-                f"{shape[0] / a.median:.3g} / {shape[0] / b.median:.3g}",
-                f"{a.median:.3g} / {b.median:.3g}",
-                str(ratio),
-                str(iters),
-            ]
-        )
+        rate = [net_flops * steps / tm.median for tm in (a, b)]
+        row = [
+            name,
+            str(shape[0]),
+            f"{shape[0] / a.median:.3g} / {shape[0] / b.median:.3g}",
+            f"{a.median:.3g} / {b.median:.3g}",
+            f"{rate[0] / scale:.3g} / {rate[1] / scale:.3g} {unit}",
+            str(ratio),
+            str(cpu_ratio),
+            str(iters),
+        ]
+        if args.peak_tflops:
+            row.append(" / ".join(f"{100 * r / (args.peak_tflops * 1e12):.1f}%" for r in rate))
+        rows.append(row)
         print("  " + " | ".join(rows[-1]))
     return rows
 
@@ -241,6 +249,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quality-n", type=int, default=256, help="samples per quality row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="device peak (dense bf16), for MFU"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.threads = args.threads or 1
@@ -295,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # warm-up: one short chain of each loop (allocator, oneDNN/cuDNN kernel choice)
     for _, _, ours, theirs in samplers[:1]:
         ours(model), theirs(model)
-    speed = speed_rows(samplers, model, shape, args, device)
+    with torch.no_grad():
+        t_mid = torch.full((shape[0],), schedule.num_steps // 2, device=device, dtype=torch.long)
+        net_flops = count_flops(lambda: model(torch.randn(shape, device=device), t_mid))
+    speed = speed_rows(samplers, model, shape, args, device, net_flops)
     net_s = network_seconds(model, shape, device)
     overhead = overhead_rows(samplers, net_s, args, device)
     quality, quality_note = [], ""
@@ -311,9 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "batch",
                 "img/s ours / diffusers",
                 "s per batch ours / diff.",
+                "network rate ours / diff.",
                 "speed ratio [IQR]",
+                "CPU-time ratio [IQR]",
                 "rounds",
-            ],
+            ]
+            + (
+                [f"MFU ours / diff. (peak {args.peak_tflops:g} TFLOP/s)"]
+                if args.peak_tflops
+                else []
+            ),
             speed,
         ),
         "",
@@ -340,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Ratios: ours / diffusers speed (> 1: ours faster), median of alternating rounds "
         f"[interquartile range]; the same network object is called by both loops. "
-        f"Network alone: {fmt(net_s * 1e3)} ms per call.",
+        f"Network alone: {fmt(net_s * 1e3)} ms and {net_flops / 1e9:.3g} GFLOP per call (network "
+        "rate = counted forward FLOPs x steps / chain time).",
     ]
     report(args.doc, "sampling", argv, info, "\n".join(parts))
     return 0
