@@ -115,10 +115,11 @@ for step in check_ts:
           f"{score_from_eps[k].mul(sigma[k]).norm(dim=1).mean():>20.2f}")
 
 # %% [markdown]
-# The table shows why networks predict $\epsilon$ rather than the score itself: the score's size
-# grows like $1/\sigma_t$, from about 1 at high noise to over a hundred near the data, while the
-# noise prediction stays of order 1 at every $t$. Predicting $\epsilon$ is predicting the score
-# with that scale divided out.
+# Read the table down. The typical size of the score grows as the noise shrinks: here it levels
+# off at about 12 near $t = 0$, set by the width 0.1 of the modes themselves, and for sharper data
+# it keeps growing like $1/\sigma_t$. The noise prediction $\mathbb E[\epsilon \mid x_t]$ stays of
+# order 1 or below at every $t$. A network that predicts $\epsilon$ predicts the score with its
+# scale divided out, which keeps its output in a range it can learn at every noise level.
 #
 # Below, the score field of the eight Gaussians at four noise levels, over the log-density of
 # $q_t$. Every arrow has the same length and shows only the score's direction; its colour shows
@@ -135,7 +136,7 @@ fine_1d = torch.linspace(-3, 3, 121, dtype=torch.float64)
 fx, fy = torch.meshgrid(fine_1d, fine_1d, indexing="xy")
 fine = torch.stack([fx.reshape(-1), fy.reshape(-1)], dim=1)
 
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained", dpi=80)
 for ax, step in zip(axes, [10, 60, 200, 600], strict=True):
     log_q = eight.log_prob_t(fine, paper, step).reshape(fx.shape)
     ax.contourf(fx, fy, log_q.clamp(min=log_q.max() - 12), levels=8, cmap="Greys")
@@ -268,8 +269,9 @@ print(f"DSM with lambda = sigma_t^2 equals L_simple: {torch.allclose(dsm, l_simp
 # supplies the levels: the marginals $q_t$, whose scores are exactly what the noise predictor gives.
 # Two choices remain:
 #
-# - the levels: 60 step indices whose $\sigma_t$ are spaced geometrically, from about 1 down to
-#   $\sigma_1$, so that every scale of detail gets its share of levels (`noise_levels` below);
+# - the levels: step indices whose $\sigma_t$ are spaced geometrically, from about 1 down to
+#   $\sigma_1$, so that every scale of detail gets its share of levels (`noise_levels` below asks
+#   for 60 and gets 50 distinct steps of the paper's schedule);
 # - the step size: $\delta_t = r\,\sigma_t^2$ with a fixed $r$, so that a step moves a sample by
 #   about the same fraction of the noise present at that level (Song & Ermon's rule, with
 #   $r = 0.5$ and 10 steps per level here).
@@ -312,8 +314,8 @@ print(f"{len(levels)} levels: t = {levels[:4]} ... {levels[-4:]}")
 
 # %% [markdown]
 # The two-mode example, with the exact score (`GaussianMixture.score`): plain Langevin dynamics at
-# the data level for 1,000 steps, against annealed Langevin dynamics with the same number of
-# score evaluations, and against the data itself.
+# the data level, 1,000 steps of size $\delta = 0.01$, against annealed Langevin dynamics with
+# fewer score evaluations (75 levels of 10 steps), and against the data itself.
 
 # %%
 two = GaussianMixture([0.2, 0.8], [[-1.5, -1.5], [1.5, 1.5]], 0.3)
@@ -352,7 +354,7 @@ schedule = make_schedule(BUDGET.schedule, BUDGET.num_steps)
 T = len(schedule)
 toy_trainer = Trainer(TrainConfig.from_budget("eight-gaussians", BUDGET, num_samples=0), progress=False)
 toy_trainer.train()
-mlp = toy_trainer.ema_model()
+mlp = toy_trainer.ema_model().cpu()  # tiny: run it on the CPU, beside the exact denoiser
 summary = toy_trainer.summary()
 print(f"MLP: {mlp.num_parameters():,} parameters, {summary['steps']} steps in "
       f"{summary['train_time_s']:.0f} s, last loss {summary['final_loss']:.3f}")
@@ -374,13 +376,13 @@ def exact_score(x, t):
 # per noise level: the cloud starts as $\mathcal N(0, I)$, is pulled out onto the circle as the
 # noise shrinks, and splits into the eight modes only at the last levels.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 budget_levels = noise_levels(schedule, 60)
 _, frames = annealed_langevin(mlp_score, schedule, (600, 2), budget_levels, keep_frames=True,
                               generator=torch.Generator().manual_seed(6))
-keep = list(range(0, len(budget_levels), 3)) + [len(budget_levels)]  # every third level, and the end
-viz.frames_slider(frames[keep].float(), [([budget_levels[0]] + budget_levels)[k] for k in keep],
-                  schedule, lim=3.0,
+keep = [*range(0, len(budget_levels), 3), len(budget_levels)]  # every third level, and the end
+frame_levels = [budget_levels[0], *budget_levels]  # the start, then the level each frame ends
+viz.frames_slider(frames[keep].float(), [frame_levels[k] for k in keep], schedule, lim=3.0,
                   title="Annealed Langevin dynamics with the trained network's score: press Play")
 
 # %% [markdown]
@@ -419,13 +421,20 @@ print(f"{'data':12}{'(fresh draw: the floor)':32}{'':>7}{floor.data_modes_hit:>5
       f"{100 * floor.data_share_near:>7.1f}%{floor.mmd_floor:>11.2e}{floor.swd_floor:>8.3f}")
 
 # %% [markdown]
-# What to read from it. With the exact score, annealed Langevin dynamics reaches every mode and puts
-# its samples on the modes about as well as the ancestral sampler. With the trained network it is
-# as good as the network's score: errors of $\epsilon_\theta$ are divided by $\sigma_t$, so they
-# matter most at the lowest noise levels. And the number of steps is a property of the *sampler*,
-# not of the model: the same network sampled with 50 deterministic DDIM steps does about as well as
-# with $T$ ancestral ones. With 10 steps the discretisation error shows: samples land between the
-# modes.
+# What to read from it (under the `smoke` budget the MLP has trained for seconds and its rows mean
+# little):
+#
+# - With the exact score, annealed Langevin dynamics reaches every mode and puts its samples on the
+#   modes about as well as the ancestral sampler, which sits at the data's floor.
+# - With the trained network, Langevin dynamics is only as good as the network's score, and it is
+#   less forgiving than the ancestral sampler. Ten steps at each level let the chain settle into
+#   the distribution that the *learned* score describes there, errors included, and at the lowest
+#   levels an error in $\epsilon_\theta$ is divided by a small $\sigma_t$. The ancestral sampler
+#   uses the network once per level. Compare the MMD$^2$ of the two MLP rows with the floor.
+# - The number of steps is a property of the *sampler*, not of the model: 50 deterministic DDIM
+#   steps keep every mode and most of the quality of $T$ ancestral ones, with a twentieth of the
+#   network evaluations. With 10 steps the discretisation error shows: fewer samples land on the
+#   modes.
 #
 # **The reverse step is a score step.** Put $\epsilon_\theta = -\sigma_t s_\theta$ into the mean of
 # the reverse step (eq. 11):
@@ -484,6 +493,7 @@ digit_trainer = Trainer(
     progress=False,
 )
 digit_trainer.train()
+device = BUDGET.device  # the U-Net stays where it trained; its inputs go there and back
 unet = digit_trainer.ema_model()
 summary = digit_trainer.summary()
 print(f"U-Net: {unet.num_parameters():,} parameters, {summary['steps']} steps of batch "
@@ -493,9 +503,12 @@ print(f"U-Net: {unet.num_parameters():,} parameters, {summary['steps']} steps of
 # %% [markdown]
 # **What the receiver sees.** Take eight test digits, never seen in training, noise each to $x_t$
 # with one fixed noise draw, and ask the network for its $\hat x_0$ (clipped to $[-1, 1]$). Move the
-# slider from high noise to low: the prediction starts as the average digit, a grey blob; the
-# class and the rough shape appear while $x_t$ still looks like pure noise to the eye; stroke width
-# and details come last.
+# slider from high noise to low. At the very first steps the prediction is speckled: there
+# $\hat x_0 = (x_t - \sigma_t \epsilon_\theta)/\sqrt{\bar\alpha_t}$ multiplies the network's small
+# errors in $\epsilon$ by $\sigma_t/\sqrt{\bar\alpha_t}$, about 150 at $t = T$ (the $1/\mathrm{SNR}$
+# weighting of chapter 03; an exact denoiser would show the average digit). Soon it becomes a grey
+# blob, the average digit; the class and the rough shape appear while $x_t$ still looks like pure
+# noise to the eye; stroke width and details come last.
 
 # %%
 x0_test, _ = glyph_digits(8, seed=2024)
@@ -505,9 +518,10 @@ noise = torch.randn(x0_test.shape, generator=torch.Generator().manual_seed(9))
 
 @torch.no_grad()
 def x0_prediction(model, schedule, x_t, t):
-    """The network's x0_hat from x_t at step t (an int), clipped to the data range."""
-    t_batch = torch.full((len(x_t),), t)
-    return schedule.predict_x0_from_eps(x_t, t_batch, model(x_t, t_batch)).clamp(-1, 1)
+    """The network's x0_hat from x_t at step t (an int), clipped to the data range, on the CPU."""
+    x_t = x_t.to(device)
+    t_batch = torch.full((len(x_t),), t, device=device)
+    return schedule.predict_x0_from_eps(x_t, t_batch, model(x_t, t_batch)).clamp(-1, 1).cpu()
 
 
 noisy = torch.stack([schedule.q_sample(x0_test, t, noise) for t in frame_ts])
@@ -528,21 +542,23 @@ viz.frames_slider({"x_t": noisy, "prediction x0_hat": predicted}, frame_ts, sche
 n_rd = {"smoke": 8, "cpu": 16}.get(BUDGET.name, 64)
 x0_rd = glyph_digits(n_rd, seed=2025)[0]
 x0_rd = ((x0_rd + 1) * 127.5).round() / 127.5 - 1  # 8-bit grid
-bound = vlb(unet, schedule, x0_rd, generator=torch.Generator().manual_seed(10), terms=True)
+bound = vlb(unet, schedule, x0_rd.to(device), generator=torch.Generator(device).manual_seed(10),
+            terms=True)
+prior, terms = bound.prior.cpu(), bound.terms.cpu()  # nats, (B,) and (B, T)
 bits = 784 * math.log(2)
-later = bound.terms.flip(1).cumsum(dim=1).flip(1) - bound.terms  # sum over s > t
-rate = ((bound.prior[:, None] + later) / bits).mean(dim=0)  # (T,), bits/dim on receiving x_t
+later = terms.flip(1).cumsum(dim=1).flip(1) - terms  # sum over s > t
+rate = ((prior[:, None] + later) / bits).mean(dim=0)  # (T,), bits/dim on receiving x_t
 
 rd_ts = torch.linspace(T - 1, 0, 101).round().long().unique_consecutive().tolist()
-g = torch.Generator().manual_seed(11)
+noise_rd = torch.randn(x0_rd.shape, generator=torch.Generator().manual_seed(11))  # one draw for all t
 distortion = []
 for t in rd_ts:
-    x_t = schedule.q_sample(x0_rd, t, generator=g)
+    x_t = schedule.q_sample(x0_rd, t, noise_rd)
     err = (x0_prediction(unet, schedule, x_t, t) - x0_rd) * 127.5  # on the [0, 255] scale
     distortion.append(err.pow(2).mean(dim=(1, 2, 3)).sqrt().mean().item())
-total = (bound.total / bits).mean().item()
-print(f"bound: {total:.2f} bits/dim; prior term L_T: {(bound.prior / bits).mean():.1e} bits/dim; "
-      f"decoder term L_0: {(bound.terms[:, 0] / bits).mean():.3f} bits/dim")
+total = ((prior + terms.sum(dim=1)) / bits).mean().item()
+print(f"bound: {total:.2f} bits/dim; prior term L_T: {(prior / bits).mean():.1e} bits/dim; "
+      f"decoder term L_0: {(terms[:, 0] / bits).mean():.3f} bits/dim")
 
 # %%
 steps_taken = [T - 1 - t for t in rd_ts]  # reverse steps received so far
@@ -552,8 +568,10 @@ axes[0].plot(steps_taken, distortion)
 axes[0].set(xlabel="reverse steps received (T - 1 - t)", ylabel="distortion: RMSE on [0, 255]")
 axes[1].plot(steps_taken, rate_at)
 axes[1].set(xlabel="reverse steps received (T - 1 - t)", ylabel="rate: bits/dim")
-axes[2].plot(rate_at, distortion)
+axes[2].plot(rate_at, distortion, label="holding x_t")
+axes[2].plot([total], [0.0], "o", color="C1", label="x_0 itself (+ decoder L_0): the bound")
 axes[2].set(xlabel="rate: bits/dim", ylabel="distortion: RMSE on [0, 255]")
+axes[2].legend(fontsize=8)
 for ax in axes:
     ax.grid(alpha=0.3)
 fig.suptitle(f"Progressive coding of {n_rd} test digits (the paper's Figure 5, for glyph digits)")
@@ -568,26 +586,30 @@ for t, d in zip(rd_ts, distortion, strict=True):
 
 # %% [markdown]
 # Read the curves from the left, as the receiver does. Over most of the chain the rate grows
-# slowly while the distortion falls steeply: a small part of the bits buys the coarse content of the
-# digit. Most of the bits come in the last few percent of the steps (small $t$), where the
-# distortion is already down to a few grey levels: they pay for details that are hard to see but
-# cost a lot to describe exactly. This is the paper's observation for CIFAR-10 (over half of the
-# lossless code length goes to imperceptible distortions), and its explanation for why DDPMs have
-# excellent samples but only competitive log-likelihoods: the bound spends most of its effort where
-# the eye cannot tell.
+# slowly while the distortion falls steeply: a small share of the bits buys the coarse content of
+# the digit (in the run stored with this notebook, after 90 % of the steps the receiver holds a
+# reconstruction within about ten grey levels for about 6 % of the bits). The rest come in the
+# last steps, where the distortion is already down to a few grey levels, and the decoder's final
+# step $L_0$ (the dot) alone takes close to half of the bound: they pay for details that are hard to
+# see but cost a lot to describe exactly. The paper splits its CIFAR-10 bound the same way
+# (Table 2): rate $L_1 + \dots + L_T$ = 1.78 bits/dim, distortion term $L_0$ = 1.97 bits/dim for an
+# RMSE of 0.95 on the 0-255 scale, so "more than half of the lossless codelength describes
+# imperceptible distortions". That is its explanation for why DDPMs have excellent samples but only
+# competitive log-likelihoods: the bound spends most of its effort where the eye cannot tell.
 #
 # **Progressive generation.** The same predictions, made along a *sampled* chain instead of a noised
 # test image, show how a sample is built (the paper's Figure 6). Rows are samples, columns run from
 # early to late in the reverse chain (`ddim_sample` with $\eta = 1$ on the budget's subsequence of
-# steps, which is ancestral sampling there, keeping `x0_preds`).
+# steps, which is ancestral sampling there, keeping `x0_preds`). After the speckled first columns
+# the coarse form comes first, a blob and then a digit, and the details are settled last.
 
 # %% tags=["nbval-ignore-output"]
 with torch.no_grad():
     traj = ddim_sample(unet, schedule, (6, 1, 28, 28), num_steps=BUDGET.ddim_steps, eta=1.0,
-                       generator=torch.Generator().manual_seed(12), clip_x0=True,
-                       return_trajectory=True)
+                       generator=torch.Generator(device).manual_seed(12), clip_x0=True,
+                       return_trajectory=True, device=device)
 columns = torch.linspace(0, len(traj.x0_preds) - 1, 8).round().long()
-shown = traj.x0_preds[columns].clamp(-1, 1).transpose(0, 1).reshape(-1, 1, 28, 28)  # rows: samples
+shown = traj.x0_preds[columns].cpu().clamp(-1, 1).transpose(0, 1).reshape(-1, 1, 28, 28)  # rows: samples
 fig, ax = plt.subplots(figsize=(8, 6.4))
 viz.show_images(shown, nrow=8, ax=ax)
 ax.set_title("x0_hat along the reverse chain, columns at t = "
@@ -597,9 +619,9 @@ plt.show()
 # %% [markdown]
 # **Which features are decided when?** Stop the chain at $x_t$ of one test digit and finish it six
 # times with fresh noise (the paper's Figure 7). What the six endings share is what $x_t$ already
-# fixed. From late in the chain (small $t$) they are the same digit with small differences of
-# stroke; from the middle they share the class and the rough pose; from early, little but a vague
-# placement.
+# fixed. Started late in the chain (small $t$), they are the same digit with small differences of
+# stroke; started earlier, they differ more and more, in class too; started early, they share
+# little more than where the ink is.
 
 # %% tags=["nbval-ignore-output"]
 @torch.no_grad()
@@ -607,20 +629,20 @@ def finish_chain(model, schedule, x_t, t, num_steps, generator):
     """Run the reverse chain from x_t at step t down to x_0: ancestral steps (DDIM with eta = 1)
     along about num_steps indices from t to 0, x0_hat clipped to [-1, 1]. Returns (B, ...)."""
     ts = torch.linspace(t, 0, max(2, num_steps)).round().long().unique_consecutive().tolist()
-    x = x_t
-    for now, nxt in zip(ts, ts[1:] + [-1], strict=True):
-        t_batch = torch.full((len(x),), now)
+    x = x_t.to(device)
+    for now, nxt in zip(ts, [*ts[1:], -1], strict=True):
+        t_batch = torch.full((len(x),), now, device=device)
         x = ddim_step(schedule, model(x, t_batch), x, t_batch, nxt, eta=1.0, clip_x0=True,
                       generator=generator)
-    return x
+    return x.cpu()
 
 
 start_ts = [int(T * f) for f in (0.75, 0.5, 0.3, 0.15)]
-g = torch.Generator().manual_seed(13)
+g, g_chain = torch.Generator().manual_seed(13), torch.Generator(device).manual_seed(13)
 grid_rows = []
 for t in start_ts:
     x_t = schedule.q_sample(x0_test[:1], t, generator=g).repeat(6, 1, 1, 1)
-    endings = finish_chain(unet, schedule, x_t, t, BUDGET.ddim_steps * t // T, g)
+    endings = finish_chain(unet, schedule, x_t, t, BUDGET.ddim_steps * t // T, g_chain)
     grid_rows.append(torch.cat([x0_test[:1], x_t[:1].clamp(-1, 1), endings]))
 fig, ax = plt.subplots(figsize=(8, 4.6))
 viz.show_images(torch.cat(grid_rows), nrow=8, ax=ax)
@@ -720,8 +742,8 @@ plt.show()
 #
 # The fixed encoder changes a lot. There is nothing to learn on the encoder side, so none of a
 # VAE's balancing act between encoder and decoder (no posterior collapse, no encoder that learns a
-# bad code). The top latent carries almost no information about the data ($L_T$ is about
-# $10^{-5}$ bits/dim above, for every image alike): all the information is in the chain. And because
+# bad code). The top latent carries almost no information about the data ($L_T$ was a few times
+# $10^{-5}$ bits/dim in section 3): all the information is in the chain. And because
 # $q(x_t \mid x_0)$ has a closed form, each layer's term of the ELBO can be trained on its own by
 # sampling $t$ (Algorithm 1), without running the encoder through the layers above it; a learned
 # hierarchical VAE cannot do that. Kingma et al. (2021) take this view to continuous time, where the
@@ -779,10 +801,10 @@ plt.show()
 # >   dynamics. What differs is the forward process (variance preserving or exploding) and the
 # >   weighting; Song et al. (2021) unify them.
 # > - *"Diffusion needs many steps by nature."* The number of steps is a property of the sampler,
-# >   not of the trained network. The same network, sampled with 50 DDIM steps, did about as well as
-# >   with $T$ ancestral steps in section 2; better solvers, distillation and consistency models go
-# >   down to a handful or one. Many steps reduce the discretisation error of an SDE or ODE; they
-# >   are not what makes the model work.
+# >   not of the trained network. In section 2 the same networks, sampled with 50 DDIM steps, kept
+# >   every mode and most of the quality of $T$ ancestral steps with a twentieth of the evaluations;
+# >   better solvers, distillation and consistency models go down to a handful or one. Many steps
+# >   reduce the discretisation error of an SDE or ODE; they are not what makes the model work.
 # > - *"Diffusion models are autoregressive models in the usual sense."* Only with a masking forward
 # >   process and $T = D$ (section 4). Gaussian diffusion rewrites every coordinate at every step,
 # >   conditions on the current state alone, and has a number of steps unrelated to the dimension;
@@ -805,9 +827,10 @@ plt.show()
 #   (`GaussianMixture.score`; checked against autograd of the exact density). Tweedie's formula
 #   turns it into $\mathbb E[x_0 \mid x_t]$, and denoising score matching with the weight
 #   $\sigma_t^2$ is $L_\text{simple}$.
-# - Langevin dynamics samples with a score alone; annealed over the forward process's noise levels
-#   it reaches all modes with the right weights, with the exact score and with a trained network's.
-#   The ancestral reverse step is itself a score step, $\mu_\theta = (x_t + \beta_t s_\theta)/\sqrt{\alpha_t}$.
+# - Langevin dynamics samples with a score alone. Annealed over the forward process's noise levels
+#   it reaches all modes with the right weights, where a single level cannot; with a learned score
+#   it is only as good as that score, and less forgiving of its errors than ancestral sampling. The
+#   ancestral reverse step is itself a score step, $\mu_\theta = (x_t + \beta_t s_\theta)/\sqrt{\alpha_t}$.
 # - The bound is a code length. Receiving $x_T, x_{T-1}, \dots$ in turn, a receiver's
 #   $\hat x_0$ improves from the average digit to the image; the rate-distortion curve shows most
 #   bits buying imperceptible detail at small $t$.
@@ -891,8 +914,9 @@ check("rate-from-terms", cumulative_rate)
 # %% [markdown]
 # **To explore further** (no checks):
 #
-# - In section 2, run annealed Langevin dynamics with $r = 0.05$ and with $r = 2$, or with 3 steps
-#   per level instead of 10. Which fails first, and how does it show in `toy_report`?
+# - In section 2, run annealed Langevin dynamics with the MLP's score and 3 steps per level instead
+#   of 10, then with $r = 0.05$ and with $r = 2$. Which does best, and why can fewer steps be better
+#   with a learned score than with the exact one?
 # - Add a corrector: interleave one Langevin step at level $t$ (with the network's score) after each
 #   ancestral step of `ddpm_sample`'s loop. Does the MLP's share near a mode improve?
 # - Redo the rate-distortion curve with `variance="large"` in `vlb`. Which part of the curve moves?
