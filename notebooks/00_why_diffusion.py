@@ -51,7 +51,7 @@ from ddpm_teach.training import TrainConfig, Trainer
 from ddpm_teach.viz import frames_slider, show_points
 
 # The networks here are tiny: a second thread costs more in coordination than it saves (on a busy
-# 2-core machine a training step took 10 to 40 times longer with 2 threads than with 1).
+# 2-core machine a training step took roughly 10 to 40 times longer with 2 threads than with 1).
 torch.set_num_threads(1)
 
 # One training set for every model; sizes follow the run budget (smoke: seconds, numbers mean
@@ -638,9 +638,9 @@ plt.show()
 #   floor of $-0.0005$: as far as this ruler can tell, a sample of the data (the sliced Wasserstein
 #   distance, 0.098 against 0.091, is as close). It was trained with a plain regression loss, with
 #   about as many parameters as the others.
-# - **The price**: 1000 network calls per sample instead of 1; here about 19 s against about 10 ms
-#   for 2,000 points. Chapter 06 trades some quality for speed with DDIM, which reuses the same
-#   network with far fewer steps.
+# - **The price**: 1000 network calls per sample instead of 1; here about 8 s against 2 ms for
+#   2,000 points, thousands of times slower (timings depend on the machine). Chapter 06 trades some
+#   quality for speed with DDIM, which reuses the same network with far fewer steps.
 #
 # These are single runs with one seed each, at one budget: a different seed or a longer run would
 # move the numbers (the VAE was still improving). What would not change is where each failure comes
