@@ -364,7 +364,10 @@ ax_cov.plot(
 )
 ax_cov.axhline(98.9, color="grey", ls="--", lw=0.8)
 ax_cov.set(
-    xlabel="step", ylabel="share near a mode (%)", ylim=(0, 105), title="while training (dashed: data)"
+    xlabel="step",
+    ylabel="share near a mode (%)",
+    ylim=(0, 105),
+    title="while training (dashed: data)",
 )
 show_points(vae.sample(N_SAMPLES, torch.Generator().manual_seed(1)), ax=ax_pts, size=2)
 draw_modes(ax_pts)
