@@ -11,6 +11,7 @@ One concept a module, in the order the course meets them:
     training    L_simple, EMA, checkpoints, distributed training
     budgets     run budgets: smoke (CI), cpu (a laptop), gpu
     metrics     mode coverage, MMD, digit-FID and friends
+    baselines   a small GAN and VAE for the "why diffusion" comparison
     viz         sliders over t, grids, animations
     course      book.toml, student versions, grading
     exercises   checks with specific feedback
