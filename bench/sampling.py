@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ddpm_teach.schedule import NoiseSchedule
+
 from ._common import (
     NetConfig,
     alternate,
@@ -44,6 +46,7 @@ from ._common import (
 from .train_step import CONFIGS
 
 Model = Callable[[Tensor, Tensor], Tensor]
+Shape = tuple[int, ...]
 
 
 class Precision(nn.Module):
@@ -68,7 +71,10 @@ def zeros_model(x: Tensor, t: Tensor) -> Tensor:
 # ================================================================================================
 
 
-def ours_sampler(kind: str, steps: int, schedule, shape, device, clip: bool) -> Callable:
+def ours_sampler(
+    kind: str, steps: int, schedule: NoiseSchedule, shape: Shape, device: torch.device, clip: bool
+) -> Callable[..., Tensor]:
+    """``run(model, seed)``: our ``ddpm_sample`` (all T steps) or ``ddim_sample`` (eta 0)."""
     from ddpm_teach.sampling import ddim_sample, ddpm_sample
 
     def run(model: Model, seed: int = 0) -> Tensor:
@@ -80,7 +86,11 @@ def ours_sampler(kind: str, steps: int, schedule, shape, device, clip: bool) -> 
     return run
 
 
-def diffusers_sampler(kind: str, steps: int, schedule, shape, device, clip: bool) -> Callable:
+def diffusers_sampler(
+    kind: str, steps: int, schedule: NoiseSchedule, shape: Shape, device: torch.device, clip: bool
+) -> Callable[..., Tensor]:
+    """``run(model, seed)``: the usual diffusers loop, ``x = scheduler.step(model(x, t), t, x)``,
+    with DDPMScheduler (all T steps, "fixed_small" variance) or DDIMScheduler (eta 0)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
     betas = schedule.betas.tolist()

@@ -1,7 +1,9 @@
 """Seconds of training until the samples look right, with ddpm_teach's trainer and run budgets.
 
-Two goals, each checked at regular evaluations during one training run (the training clock,
-``Trainer.train_time``, excludes the evaluations; the wall clock including them is shown too):
+Two goals, each checked at regular evaluations during one training run. Columns: seconds of
+training (``Trainer.train_time``, evaluations excluded); the process CPU seconds spent training
+(with ``--threads 1``, what an idle core would take, whatever the load); the wall clock
+including the evaluations.
 
 (a) eight Gaussians (MLP, the budget's toy settings): all 8 modes covered AND the MMD^2 to the
     reference at the data floor, i.e. no larger than data itself scores: at most the mean + 2 sd
@@ -52,9 +54,11 @@ def run_toy(args: argparse.Namespace, device: torch.device) -> tuple[list[list[s
     floor_mean, floor_sd = toy_floor(name, n, args.n_ref, args.floor_draws)
     threshold = floor_mean + 2 * floor_sd
     trainer = Trainer(config, progress=False)
-    rows, reached, start = [], None, time.perf_counter()
+    rows, reached, start, cpu = [], None, time.perf_counter(), 0.0
     while trainer.step < max_steps:
+        c0 = time.process_time()
         trainer.train(min(args.toy_eval_every, max_steps - trainer.step))
+        cpu += time.process_time() - c0
         g = torch.Generator(trainer.device).manual_seed(args.seed)
         samples = ddpm_sample(trainer.ema_model(), trainer.schedule, (n, 2), g, device=device)
         r = toy_report(samples.cpu(), name, n_ref=args.n_ref)
@@ -64,6 +68,7 @@ def run_toy(args: argparse.Namespace, device: torch.device) -> tuple[list[list[s
                 "eight-gaussians",
                 str(trainer.step),
                 f"{trainer.train_time:.1f}",
+                f"{cpu:.1f}",
                 f"{time.perf_counter() - start:.1f}",
                 f"modes {r.modes_hit}/{r.n_modes}, near a mode {100 * r.share_near:.1f}% "
                 f"(data {100 * r.data_share_near:.1f}%), MMD^2 {r.mmd:.2e} (floor "
@@ -77,10 +82,10 @@ def run_toy(args: argparse.Namespace, device: torch.device) -> tuple[list[list[s
             break
     verdict = (
         f"(a) eight Gaussians: goal reached after {reached:.1f} s of training "
-        f"(step {trainer.step}; goal <= 30 s)"
+        f"({cpu:.1f} CPU s; step {trainer.step}; goal <= 30 s)"
         if reached is not None
         else f"(a) eight Gaussians: goal NOT reached within {max_steps} steps "
-        f"({trainer.train_time:.1f} s of training)"
+        f"({trainer.train_time:.1f} s of training, {cpu:.1f} CPU s)"
     )
     setup_note = (
         f"{verdict}. Budget {args.budget!r}: MLP {config.model_kwargs}, batch "
@@ -108,9 +113,11 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
     start = time.perf_counter()
     trainer = Trainer(config, progress=False)
     data_s = time.perf_counter() - start
-    rows, reached, start = [], None, time.perf_counter()
+    rows, reached, start, cpu = [], None, time.perf_counter(), 0.0
     while trainer.step < max_steps:
+        c0 = time.process_time()
         trainer.train(min(every, max_steps - trainer.step))
+        cpu += time.process_time() - c0
         samples = trainer.sample(args.digits_n, seed=args.seed).clamp(-1, 1)
         try:
             r = digit_report(samples)
@@ -122,6 +129,7 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
                 "glyph digits",
                 str(trainer.step),
                 f"{trainer.train_time:.1f}",
+                f"{cpu:.1f}",
                 f"{time.perf_counter() - start:.1f}",
                 f"{100 * r.confident_share:.1f}% confident, {r.coverage}/10 classes, "
                 f"digit-FID {r.digit_fid:.2f} (floor {r.fid_floor:.2f})",
@@ -134,10 +142,10 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
             break
     verdict = (
         f"(b) glyph digits: goal reached after {reached:.0f} s of training "
-        f"(step {trainer.step}; goal <= 600 s)"
+        f"({cpu:.0f} CPU s; step {trainer.step}; goal <= 600 s)"
         if reached is not None
         else f"(b) glyph digits: goal NOT reached within {max_steps} steps "
-        f"({trainer.train_time:.0f} s of training)"
+        f"({trainer.train_time:.0f} s of training, {cpu:.0f} CPU s)"
     )
     setup_note = (
         f"{verdict}. Budget {args.budget!r}: U-Net {config.model_kwargs}, batch "
@@ -191,7 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = "\n".join(
         [
             markdown_table(
-                ["data", "step", "train s", "wall s (with evals)", "quality", "goal met"], rows
+                [
+                    "data",
+                    "step",
+                    "train s",
+                    "train CPU s",
+                    "wall s (with evals)",
+                    "quality",
+                    "goal met",
+                ],
+                rows,
             ),
             "",
             *[f"- {note}" for note in notes],
