@@ -53,7 +53,8 @@ class Budget:
     Image training:
         train_steps: optimiser steps for 28 x 28 grey sets (glyph digits, MNIST, Fashion-MNIST).
         cifar_train_steps: optimiser steps for CIFAR-10 (32 x 32 colour needs far more).
-        batch_size, lr, warmup_steps (linear warm-up of the learning rate), grad_clip (max norm),
+        batch_size, lr, warmup_steps (linear warm-up of the learning rate), lr_decay (after the
+        warm-up: "none" or "cosine", down to 0 at the last step), grad_clip (max norm),
         ema_decay (of the weights used for sampling), bf16 (autocast on CUDA; ignored on CPU).
         data_size: how many glyph digits to render (real sets use all their images).
     Toy 2-D training (the MLP):
@@ -83,6 +84,7 @@ class Budget:
     batch_size: int
     lr: float
     warmup_steps: int
+    lr_decay: str
     grad_clip: float
     ema_decay: float
     bf16: bool
@@ -143,6 +145,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         batch_size=16,
         lr=1e-3,
         warmup_steps=5,
+        lr_decay="none",
         grad_clip=1.0,
         ema_decay=0.99,
         bf16=False,
@@ -176,6 +179,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         batch_size=64,
         lr=1e-3,
         warmup_steps=200,
+        lr_decay="none",
         grad_clip=1.0,
         ema_decay=0.999,
         bf16=False,
@@ -208,6 +212,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         batch_size=128,
         lr=5e-4,
         warmup_steps=500,
+        lr_decay="none",
         grad_clip=1.0,
         ema_decay=0.9995,
         bf16=True,

@@ -79,6 +79,9 @@ MODEL_KINDS = ("unet", "mlp")
 #: The noise schedules :func:`make_schedule` knows.
 SCHEDULE_KINDS = ("linear", "cosine")
 
+#: What the learning rate does after the warm-up (see :meth:`Trainer.lr_at`).
+LR_DECAYS = ("none", "cosine")
+
 # Config fields that must match to resume a run; the others (train_steps, out_dir, intervals,
 # preview settings, compile, device) may change between the two halves.
 _RESUME_FIELDS = (
@@ -94,6 +97,7 @@ _RESUME_FIELDS = (
     "batch_size",
     "lr",
     "warmup_steps",
+    "lr_decay",
     "weight_decay",
     "grad_clip",
     "ema_decay",
@@ -206,7 +210,8 @@ class TrainConfig:
         schedule ("linear" | "cosine"), num_steps (T), prediction ("eps" | "x0" | "v").
     Optimisation:
         train_steps, batch_size (the global batch, over all processes), lr, warmup_steps (linear
-        warm-up from 0), weight_decay (AdamW's; DDPM used none), grad_clip (max global norm, None
+        warm-up from 0), lr_decay ("none": flat after the warm-up; "cosine": half a cosine from lr
+        down to 0 at train_steps), weight_decay (AdamW's; DDPM used none), grad_clip (max global norm, None
         for none), ema_decay, ema_warmup (see :func:`ema_decay_at`).
     Speed:
         bf16 (autocast to bfloat16 on CUDA; nothing on CPU, where it is slower), channels_last,
@@ -233,6 +238,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-4
     warmup_steps: int = 0
+    lr_decay: str = "none"
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
@@ -277,6 +283,8 @@ class TrainConfig:
         check_prediction(self.prediction)
         if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a finite number >= 0, got {self.lr!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay: expected one of {LR_DECAYS}, got {self.lr_decay!r}")
         if not 0.0 <= self.weight_decay:
             raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -322,6 +330,7 @@ class TrainConfig:
             batch_size=b.toy_batch_size if toy else b.batch_size,
             lr=b.toy_lr if toy else b.lr,
             warmup_steps=b.warmup_steps,
+            lr_decay=b.lr_decay,
             grad_clip=b.grad_clip,
             ema_decay=b.ema_decay,
             bf16=b.bf16 and not toy,
@@ -605,11 +614,17 @@ class Trainer:
         return x0, t, noise
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of step ``step`` (0-based): linear warm-up over warmup_steps, then flat."""
+        """Learning rate of step ``step`` (0-based): linear warm-up over warmup_steps, then flat
+        (``lr_decay="none"``) or half a cosine down to 0 at train_steps (``"cosine"``)."""
         cfg = self.config
-        if cfg.warmup_steps == 0:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "none":
             return cfg.lr
-        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        # Short runs end better with a small step size; the cosine gets there smoothly.
+        span = max(1, cfg.train_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     # ------------------------------------------------------------------ the step
     def _train_step(self) -> None:

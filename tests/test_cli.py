@@ -68,6 +68,29 @@ def test_toy_train_resume_and_sample_in_process(tmp_path, capsys):
     assert "300 samples, ddpm with 10 steps" in capsys.readouterr().out
     assert Image.open(png).size == (400, 400)
 
+    assert sample_cli.main(["--checkpoint", str(out / "last.pt"), "--out", str(png), "--n", "300",
+                            "--steps", "10", "--device", "cpu", "--report"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "MMD^2" in printed and "(floor " in printed, printed
+
+
+def test_sample_report_judges_digits_and_refuses_other_data(tmp_path, capsys):
+    out = tmp_path / "digits"
+    args = ["--data", "glyph-digits", "--budget", "smoke", "--out", str(out), "--no-progress"]
+    assert train_cli.main([*args, "--steps", "2", "--device", "cpu", "--num-samples", "0"]) == 0
+    capsys.readouterr()
+    png = str(tmp_path / "d.png")
+    assert sample_cli.main(["--checkpoint", str(out / "last.pt"), "--out", png, "--n", "20",
+                            "--steps", "3", "--device", "cpu", "--report"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "confident" in printed and "digit-FID" in printed, printed
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["config"]["data"] = "cifar10"  # a set the probe cannot judge
+    torch.save(ckpt, tmp_path / "cifar.pt")
+    with pytest.raises(SystemExit):
+        sample_cli.main(["--checkpoint", str(tmp_path / "cifar.pt"), "--out", png, "--report"])
+    assert "--report: no offline metric for 'cifar10'" in capsys.readouterr().err
+
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

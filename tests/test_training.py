@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import subprocess
@@ -172,6 +173,20 @@ def test_warmup_is_linear_then_flat():
     assert [tr.lr_at(s) for s in range(6)] == pytest.approx(
         [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]
     )
+
+
+def test_cosine_decay_after_warmup_reaches_zero_at_the_end():
+    tr = Trainer(toy_config(lr=1e-2, warmup_steps=4, lr_decay="cosine", train_steps=12), TOY,
+                 progress=False)  # fmt: skip
+    lrs = [tr.lr_at(s) for s in range(13)]
+    assert lrs[:5] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2])  # warm-up, then the peak
+    assert lrs[8] == pytest.approx(5e-3)  # half-way through the 8 decay steps: half the peak
+    assert lrs[12] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))  # strictly falling
+    tr.train()
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(lrs[11])  # what the optimiser got
+    with pytest.raises(ValueError, match="lr_decay"):
+        toy_config(lr_decay="linear")
 
 
 def test_ema_update_by_hand():
