@@ -319,8 +319,9 @@ for lr_d, (history, log) in gan_runs.items():
 #
 # $$\log p(x) \;\ge\; \mathrm{ELBO}(x) = \mathbb{E}_{q(z \mid x)}\left[\log p(x \mid z)\right] - \mathrm{KL}\left(q(z \mid x)\,\|\,\mathcal{N}(0, \mathbf{I})\right),$$
 #
-# with $\log p(x \mid z) = -\frac{|x - m(z)|^2}{2 s^2} - \frac{D}{2}\log(2\pi s^2)$ (`baselines.gaussian_log_likelihood`)
-# and the KL in closed form, $\frac12\sum_j \left(\mu_j^2 + \sigma_j^2 - 1 - \log\sigma_j^2\right)$
+# with $\log p(x \mid z) = -\frac{|x - m(z)|^2}{2 s^2} - \frac{D}{2}\log(2\pi s^2)$ (`baselines.gaussian_log_likelihood`;
+# here $D = 2$ is the dimension of $x$, not the discriminator) and the KL in closed form,
+# $\frac12\sum_j \left(\mu_j^2 + \sigma_j^2 - 1 - \log\sigma_j^2\right)$
 # (`baselines.gaussian_kl`); `baselines.gaussian_elbo` is their difference. The expectation is
 # estimated with one code $z = \mu + \sigma\,\epsilon$, $\epsilon \sim \mathcal{N}(0, \mathbf{I})$:
 # the **reparameterisation trick** (`baselines.reparameterise`), which keeps $z$ a differentiable
@@ -467,7 +468,9 @@ plt.show()
 #
 # $$x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon, \qquad \epsilon \sim \mathcal{N}(0, \mathbf{I}),$$
 #
-# and a network $\epsilon_\theta(x_t, t)$ (here `ddpm_teach.mlp.MLPDenoiser`, a small MLP that is
+# where $\bar\alpha_t$ is a fixed number that falls from nearly 1 ($x_t$ is almost $x_0$) to nearly
+# 0 ($x_t$ is almost pure noise) as $t$ goes from 1 to $T$ (chapter 01 derives it), and a network
+# $\epsilon_\theta(x_t, t)$ (here `ddpm_teach.mlp.MLPDenoiser`, a small MLP that is
 # told $t$) learns to recover the noise, by plain regression (DDPM eq. 14, Algorithm 1):
 #
 # $$L_{\text{simple}} = \mathbb{E}_{x_0, t, \epsilon}\left[\,\big|\epsilon - \epsilon_\theta(x_t, t)\big|^2\right].$$
@@ -517,8 +520,8 @@ plt.show()
 
 # %% [markdown]
 # Now sample with the full reverse chain, keeping every few states so that we can watch it. Drag
-# the slider (or press Play): the points start as a round Gaussian cloud at $t = T - 1$ and are
-# pulled, step by step, onto the eight blobs.
+# the slider (or press Play): the points start as a round Gaussian cloud at $t = T - 1$ (the code
+# counts steps from 0, so this is $x_T$) and are pulled, step by step, onto the eight blobs.
 
 # %% tags=["nbval-ignore-output"]
 T = trainer.schedule.num_steps
@@ -557,8 +560,10 @@ frames_slider(
 # All three models, the same data, the same number of samples, the same rulers, each number beside
 # its data-vs-data floor. Two more columns describe the blobs a model draws (`blob_shape` below):
 # their **width** (the spread of the samples near a mode around their own mean; the data's is
-# $\sigma = 0.1$) and their **offset** from the true centres. The last columns are the price:
-# network calls per sample, and the time to draw all the samples.
+# $\sigma = 0.1$) and their **offset** from the true centres. **SW2**, also from `toy_report`, is
+# the sliced Wasserstein distance: project both sample sets onto random directions and measure how
+# far apart the 1-D distributions are; like $\mathrm{MMD}^2$, read it against its floor. The last
+# columns are the price: network calls per sample, and the time to draw all the samples.
 
 
 # %% tags=["nbval-ignore-output"]
@@ -676,7 +681,8 @@ plt.show()
 #   beside its data-vs-data floor.
 # - Measured at the cpu budget: a GAN that collapsed onto one hopping mode, and the same GAN with
 #   one learning rate changed covering all modes with narrow blobs; a VAE covering all modes with a
-#   third of its samples between them, for every KL weight tried; a diffusion model at the floor.
+#   third of its samples between them, and no KL weight tried doing much better; a diffusion model
+#   at the floor.
 # - Diffusion's costs: many network calls per sample. The chapters ahead build it piece by piece:
 #   the forward process (01, 02), the reverse chain and its loss (03), the network (04), training
 #   (05), evaluation and faster sampling (06).
