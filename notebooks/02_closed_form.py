@@ -255,8 +255,8 @@ print(
 # noise variance from what is left, and report how many standard errors ($z$) each estimate is
 # from the prediction. Values of $|z|$ up to about 2 are what chance gives.
 #
-# **Kolmogorov-Smirnov (KS) test.** KS compares two samples of a 1-D quantity through their
-# empirical cumulative distribution functions $F_a, F_b$: its statistic is the largest vertical gap
+# **Kolmogorov-Smirnov (KS) test.** KS compares two samples of a 1-D quantity, of sizes $n$ and
+# $m$, through their empirical cumulative distribution functions $F_a, F_b$: its statistic is the largest vertical gap
 # $D = \max_z |F_a(z) - F_b(z)|$. If both samples come from one distribution, $\sqrt{n_\text{eff}}\,
 # D$ with $n_\text{eff} = nm/(n+m)$ follows Kolmogorov's distribution for large samples, so
 #
