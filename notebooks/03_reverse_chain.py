@@ -111,7 +111,7 @@ print(paper)
 # $$a = \frac{\alpha_t (1 - \bar\alpha_{t-1}) + \beta_t}{\beta_t (1 - \bar\alpha_{t-1})}
 #     = \frac{1 - \bar\alpha_t}{\beta_t (1 - \bar\alpha_{t-1})},$$
 #
-# which gives eq. 7:
+# which gives eq. 7 ($\tilde\mu_t = b/a$ is $b$ times this $\tilde\beta_t$, multiplied out):
 #
 # $$\boxed{\;\tilde\beta_t = \frac{1}{a} = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t,
 #   \qquad
@@ -156,8 +156,8 @@ print(f"(the forward step's variance: beta_t = {paper.betas[t]:.3e})")
 # (coefficient 0.86), pulled towards $x_0$ (0.14), with a spread $\tilde\beta_t$ a little below the
 # forward step's $\beta_t$. The right picture shows the coefficients over the whole schedule. The
 # weight of $x_0$ is 1 at the first step and fades fast; in the middle of the chain the posterior
-# mean is almost $x_t$ itself. And $\tilde\beta_t / \beta_t$ climbs from 0 to nearly 1 within a
-# handful of steps, which is why the two variance choices of section 4 differ only there.
+# mean is almost $x_t$ itself. And $\tilde\beta_t / \beta_t$ climbs from 0 to nearly 1 within the
+# first few dozen steps, which is why the two variance choices of section 4 differ only there.
 
 # %%
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=80)
@@ -501,9 +501,14 @@ assert report_exact.modes_hit == 8, "the exact denoiser should reach every mode"
 # $$\mathbb E\big[-\log p_\theta(x_0)\big] \le
 #   \mathbb E_q\Big[-\log \frac{p_\theta(x_{0:T})}{q(x_{1:T} \mid x_0)}\Big] =: L .$$
 #
+# Expand both joints into their factors (eqs. 1 and 2): $L$ is the expectation of
+# $-\log p(x_T) - \sum_{t \ge 1} \log \big(p_\theta(x_{t-1} \mid x_t) / q(x_t \mid x_{t-1})\big)$.
 # Write each forward factor with $t > 1$ by Bayes' rule and the Markov property,
 # $q(x_t \mid x_{t-1}) = q(x_{t-1} \mid x_t, x_0)\, q(x_t \mid x_0) / q(x_{t-1} \mid x_0)$; the ratios
-# $q(x_t \mid x_0)/q(x_{t-1} \mid x_0)$ telescope, and what remains is eq. 5:
+# $q(x_t \mid x_0)/q(x_{t-1} \mid x_0)$ telescope to $q(x_T \mid x_0)/q(x_1 \mid x_0)$, and that
+# $q(x_1 \mid x_0)$ cancels the $t = 1$ factor. Pair each remaining model factor with the $q$ of the
+# same variable; the expectation of each log ratio $\log(q/p)$ is a KL divergence, and what remains
+# is eq. 5:
 #
 # $$L = \mathbb E_q\Big[\underbrace{D_\mathrm{KL}\big(q(x_T \mid x_0)\,\|\,p(x_T)\big)}_{L_T}
 #   + \sum_{t>1} \underbrace{D_\mathrm{KL}\big(q(x_{t-1} \mid x_t, x_0)\,\|\,
@@ -516,14 +521,17 @@ assert report_exact.modes_hit == 8, "the exact denoiser should reach every mode"
 #
 # - **$L_T$ has no parameters**: $q(x_T \mid x_0)$ is fixed by the schedule and $p(x_T)$ is
 #   $\mathcal N(0, I)$. It is a constant, and a small one (printed below).
-# - **$L_{t-1}$.** Two Gaussians, variances $\tilde\beta_t$ and $\sigma_t^2$:
+# - **$L_{t-1}$.** Two Gaussians, variances $\tilde\beta_t$ and $\sigma_t^2$. Their KL is the squared
+#   distance between the means over twice the second variance, plus terms of the variances alone:
 #   $D_\mathrm{KL} = \frac{1}{2\sigma_t^2}\|\tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t)\|^2 + C$
 #   (eq. 8), with $C$ free of $\theta$ ($C = 0$ when $\sigma_t^2 = \tilde\beta_t$). Write
 #   $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ and substitute
 #   $x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}$ into eq. 7: the target mean
 #   becomes $\tilde\mu_t = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,
 #   \epsilon\big)$ (eq. 10), the same form as $\mu_\theta$ (eq. 11) with the true noise in place of
-#   the predicted one. Their difference is a multiple of $\epsilon - \epsilon_\theta$:
+#   the predicted one. Their difference is a multiple of $\epsilon - \epsilon_\theta$,
+#   $\tilde\mu_t - \mu_\theta = \frac{\beta_t}{\sqrt{\alpha_t}\sqrt{1-\bar\alpha_t}}\,
+#   (\epsilon_\theta - \epsilon)$; square it and divide by $2\sigma_t^2$:
 #
 # $$L_{t-1} - C = \mathbb E_{x_0, \epsilon}\Big[\underbrace{\frac{\beta_t^2}
 #   {2\sigma_t^2\,\alpha_t\,(1-\bar\alpha_t)}}_{\lambda_t}\,
