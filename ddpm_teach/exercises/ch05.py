@@ -288,8 +288,8 @@ def _as_float64(out: Any) -> Any:
     normalize=_as_float64,
 )
 def warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
-    # Trainer.lr_at reads only config.lr and config.warmup_steps.
-    config = SimpleNamespace(lr=base_lr, warmup_steps=warmup_steps)
+    # Trainer.lr_at reads only these fields; no decay after the warm-up in this exercise.
+    config = SimpleNamespace(lr=base_lr, warmup_steps=warmup_steps, lr_decay="none", train_steps=0)
     return Trainer.lr_at(SimpleNamespace(config=config), step)
 
 
