@@ -391,6 +391,9 @@ def test_from_budget_and_bad_data():
     cfg = TrainConfig.from_budget("glyph-digits", "cpu")
     assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 3600
     assert cfg.model_kwargs["channel_mults"] == (1, 2, 2) and not cfg.hflip
+    assert (cfg.lr, cfg.lr_decay, cfg.ema_decay) == (2e-3, "cosine", 0.995)
+    toy_cpu = TrainConfig.from_budget("eight-gaussians", "cpu")  # the toy recipe: flat lr
+    assert (toy_cpu.lr, toy_cpu.lr_decay, toy_cpu.ema_decay) == (2e-3, "none", 0.999)
     assert TrainConfig.from_budget("cifar10", "gpu").hflip
     toy = TrainConfig.from_budget("moons", "smoke", train_steps=40)
     assert toy.model == "mlp" and toy.train_steps == 40 and toy.checkpoint_every == 4
