@@ -17,11 +17,13 @@ including the evaluations.
 
     python -m bench.time_to_quality                  # both, cpu budget (the digits part is long)
     python -m bench.time_to_quality --only toy
+    python -m bench.time_to_quality --only digits --digits-eval-every 3600 --set lr=1e-3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -105,10 +107,13 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
         from ddpm_teach.metrics import digit_report
     except ImportError as err:
         return [], f"(b) glyph digits: unmeasured, ddpm_teach.metrics is unavailable ({err})"
-    config = TrainConfig.from_budget("glyph-digits", args.budget, device=device.type)
+    overrides = dict(args.set)
+    if args.digits_max_steps:  # the run's length, which the learning-rate decay follows
+        overrides["train_steps"] = args.digits_max_steps
     if args.digits_data_size:
-        config.data_size = args.digits_data_size
-    max_steps = args.digits_max_steps or config.train_steps
+        overrides["data_size"] = args.digits_data_size
+    config = TrainConfig.from_budget("glyph-digits", args.budget, device=device.type, **overrides)
+    max_steps = config.train_steps
     every = args.digits_eval_every or max(1, max_steps // 6)
     start = time.perf_counter()
     trainer = Trainer(config, progress=False)
@@ -148,13 +153,26 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
         f"({trainer.train_time:.0f} s of training, {cpu:.0f} CPU s)"
     )
     setup_note = (
-        f"{verdict}. Budget {args.budget!r}: U-Net {config.model_kwargs}, batch "
-        f"{config.batch_size}, lr {config.lr}, {config.data_size} glyph digits (rendering and "
+        f"{verdict}. Budget {args.budget!r}"
+        + (f" with {', '.join(f'{k}={v}' for k, v in args.set)}" if args.set else "")
+        + f": U-Net {config.model_kwargs}, batch {config.batch_size}, lr {config.lr} "
+        f"(lr_decay {config.lr_decay}), EMA {config.ema_decay}, {config.data_size} glyph digits (rendering and "
         f"set-up took {data_s:.0f} s, not counted); {args.digits_n} samples per evaluation by "
         f"DDIM-{config.sample_steps} with eta {config.sample_eta} (EMA weights); goal = >= 90 % "
         "confident (p >= 0.9) and 10/10 classes."
     )
     return rows, setup_note
+
+
+def _override(text: str) -> tuple[str, object]:
+    """FIELD=VALUE with VALUE read as JSON when it parses (numbers, true, null), else a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -170,6 +188,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--digits-max-steps", type=int, default=None, help="default: budget's")
     parser.add_argument("--digits-n", type=int, default=500, help="samples per evaluation")
     parser.add_argument("--digits-data-size", type=int, default=None, help="default: budget's")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=_override,
+        metavar="FIELD=VALUE",
+        help="override a TrainConfig field of the digits run, e.g. --set lr=1e-3 --set "
+        "lr_decay=none (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.tiny:

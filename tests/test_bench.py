@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 SCRIPTS = {
     "train_step": ["--precision", "bf16"],
     "sampling": [],
-    "time_to_quality": [],
+    "time_to_quality": ["--set", "lr_decay=none", "--set", "lr=0.002"],
     "course_time": [],
 }
 HEADER = "# Benchmarks\n\nHow to reproduce: see the top of the real file.\n"
@@ -79,3 +79,14 @@ def test_doc_dash_writes_nothing_and_the_default_doc_is_used_otherwise(tmp_path,
     assert not default.exists()
     assert course_time.main(["--tiny"]) == 0
     assert "### course_time — " in default.read_text()
+
+
+def test_time_to_quality_overrides_reach_the_config(doc):
+    from bench import time_to_quality
+
+    args = time_to_quality.parse_args(["--tiny", "--set", "lr=1e-3", "--set", "lr_decay=none"])
+    assert args.set == [("lr", 1e-3), ("lr_decay", "none")]
+    with pytest.raises(SystemExit):
+        time_to_quality.parse_args(["--set", "lr"])
+    time_to_quality.main(["--tiny", "--only", "digits", "--doc", str(doc), "--set", "lr=0.0005"])
+    assert "with lr=0.0005" in doc.read_text() and "lr 0.0005 (lr_decay none)" in doc.read_text()
