@@ -15,8 +15,8 @@ so small:
   (8.3 min) drew recognisable digits where a 1.06M one, in 9 min, was far behind (it caught up
   after 16 min; measured with an earlier probe without the "not a digit" class, whose shares
   were higher than today's ``metrics.digit_report``; the cpu entry below has today's numbers).
-* A step of the cpu U-Net at batch 64 takes 0.18 s with two threads on the 2-core machine, so
-  the 3,600 steps take about 11 min.
+* A step of the cpu U-Net at batch 64 takes 0.18-0.21 s with two threads on the 2-core machine,
+  so the 3,600 steps take 11-12.5 min (chapter 05's stored run: 12.4 min of training).
 * Self-attention at 14 x 14 costs about 21 % of a step; keeping only the bottleneck's attention (at
   7 x 7) made a step 1.47x faster, so ``attention_levels`` is empty on CPU.
 * ``torch.compile`` took 2.5 min to compile on CPU for no gain, ``channels_last`` gained nothing,

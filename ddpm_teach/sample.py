@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .data import TOY_DATASETS
 from .sampling import Trajectory, ddim_sample, ddpm_sample
 from .training import load_checkpoint, save_preview
 
 _GIF_FRAMES = 50  # about this many frames, whatever the number of steps
-# What --report can judge offline: the 2-D sets, and the digit sets the probe was made for.
-_REPORTABLE = (*TOY_DATASETS, "glyph-digits", "mnist")
+# The digit sets the probe of --report was made for (it also judges the 2-D sets).
+_PROBE_DATA = ("glyph-digits", "mnist")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,19 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report_refusal(data: str) -> str | None:
+    """Why --report cannot judge samples of ``data``, or None when it can."""
+    from .data import TOY_DATASETS  # here: matplotlib's fonts are slow to import
+
+    if data in TOY_DATASETS or data in _PROBE_DATA:
+        return None
+    return f"--report: no offline metric for {data!r}; it judges {(*TOY_DATASETS, *_PROBE_DATA)}"
+
+
 def report(samples: torch.Tensor, data: str) -> str:
     """The metrics module's verdict on ``samples`` of a model trained on ``data``, as text.
 
     Raises:
-        ValueError: for a data set not in ``_REPORTABLE`` (the probe knows 28 x 28 digits only).
+        ValueError: for a data set it cannot judge (the probe knows 28 x 28 digits only).
     """
     from . import metrics
 
-    if data in TOY_DATASETS:
-        return metrics.toy_report(samples.cpu(), data).summary()
-    if data in _REPORTABLE:
+    refusal = _report_refusal(data)
+    if refusal:
+        raise ValueError(refusal)
+    if data in _PROBE_DATA:
         return metrics.digit_report(samples.cpu().clamp(-1, 1)).summary()
-    raise ValueError(f"--report: no offline metric for {data!r}; it judges {_REPORTABLE}")
+    return metrics.toy_report(samples.cpu(), data).summary()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--n: expected a positive number of samples, got {n}")
     if not 1 <= steps <= T:
         parser.error(f"--steps: expected 1..{T} (the model's T), got {steps}")
-    if args.report and config.data not in _REPORTABLE:  # refuse before sampling, not after
-        parser.error(f"--report: no offline metric for {config.data!r}; it judges {_REPORTABLE}")
+    refusal = _report_refusal(config.data) if args.report else None
+    if refusal:  # refuse before sampling, not after
+        parser.error(refusal)
 
     generator = torch.Generator(device).manual_seed(args.seed)
     common = dict(
@@ -109,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         eta = 1.0 if args.sampler == "ddpm" else args.eta
         result = ddim_sample(net, schedule, (n, *data_shape), num_steps=steps, eta=eta, **common)
     seconds = time.perf_counter() - start
-    samples = result.sample if isinstance(result, Trajectory) else result
-    save_preview(samples.cpu(), args.out)
+    samples = (result.sample if isinstance(result, Trajectory) else result).cpu()
+    save_preview(samples, args.out)
     print(f"wrote {args.out}: {n} samples, {args.sampler} with {steps} steps, {seconds:.1f} s")
     if args.report:
         print(report(samples, config.data))
