@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: the budget's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="no bf16 autocast (on by the cpu and gpu budgets where the device has native bf16)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -110,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{config.data}: {len(trainer.data)} examples of shape "
                 f"{tuple(trainer.data.shape[1:])}; {trainer.model_kind} with "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters on "
-                f"{trainer.device} x {trainer.world_size}; step {trainer.step} of "
+                f"{trainer.device} x {trainer.world_size}"
+                f"{' (bf16 autocast)' if trainer.bf16 else ''}; step {trainer.step} of "
                 f"{config.train_steps}",
                 flush=True,
             )

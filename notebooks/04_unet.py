@@ -487,13 +487,13 @@ plt.show()
 # thing: `UNet(..., skip_connections=False)` drops every concatenation, so the expanding path sees
 # only what came through the 7x7 bottleneck. Everything else is the same: the budget's architecture
 # otherwise, the same data, seed, steps, batches and noise (the trainer draws them from the seed).
-# Each run is a third of the budget's `train_steps` (1200 steps at the cpu budget, a few minutes
-# each on two CPU cores), with the package's trainer (`ddpm_teach.training`, chapter 05). Without
+# Each run is 1,200 steps at the `cpu` budget (a few minutes each on two CPU cores; a third of
+# `train_steps` under the other budgets), with the package's trainer (`ddpm_teach.training`, chapter 05). Without
 # the concatenations the decoder's blocks have narrower inputs, hence fewer parameters (about 17 %
 # fewer at the cpu budget); section 7 comes back to that.
 
 # %% tags=["nbval-ignore-output"]
-train_steps = max(BUDGET.train_steps // 3, 10)
+train_steps = 1200 if BUDGET.name == "cpu" else max(BUDGET.train_steps // 3, 10)
 data, _ = glyph_digits(BUDGET.data_size, seed=0)
 runs = {}
 for name, skips in [("with skips", True), ("without skips", False)]:
