@@ -4,23 +4,30 @@ Three budgets, picked by ``budget(name)``, else the environment variable ``DDPM_
 "gpu" when CUDA is available and "cpu" otherwise:
 
     smoke   tests and CI: seconds. Tiny models, a few steps; the numbers mean nothing.
-    cpu     a laptop (2 cores): recognisable glyph digits in about ten minutes, eight Gaussians in
-            seconds.
+    cpu     a laptop (2 cores): glyph digits that the digit probe recognises (>= 90 % confident,
+            all ten classes) in about 15-25 minutes, eight Gaussians in seconds.
     gpu     one GPU: sharp digits in minutes, CIFAR-10 in about an hour; bf16 autocast on.
 
-The cpu numbers come from measurements on a 2-core Xeon (issue 7), which is why the cpu U-Net is
-so small:
+The cpu numbers come from measurements on a 2-core Xeon and a 2-core EPYC (issues 6 and 7;
+docs/benchmarks.md), which is why the cpu U-Net is so small:
 
 * Under a time budget the small model wins: a 267k-parameter U-Net trained 3,000 steps at batch 64
   (8.3 min) drew recognisable digits where a 1.06M one, in 9 min, was far behind (it caught up
   after 16 min; measured with an earlier probe without the "not a digit" class, whose shares
   were higher than today's ``metrics.digit_report``; the cpu entry below has today's numbers).
-* A step of the cpu U-Net at batch 64 takes 0.18-0.21 s with two threads on the 2-core machine,
-  so the 3,600 steps take 11-12.5 min (chapter 05's stored run: 12.4 min of training).
+* More steps move the score most; the learning rate a little (lr 3e-3 over lr 2e-3: 90.8 % vs
+  88.2 % after 6,000 steps); the batch at equal images seen, v-prediction and the cosine noise
+  schedule did not help. 7,000 steps leave a margin over the 90 % goal.
+* bf16 autocast, on a CPU with native bf16 (AVX512-BF16 or AMX; ``training.has_native_bf16``),
+  makes a step of the cpu U-Net 1.58x faster (0.21 s instead of 0.33 s at batch 64 on one
+  thread of the EPYC; 1.78x for 24- and 32-channel ones) for the same scores. The first
+  measurement, on the Xeon, had found autocast slower for 32- and 64-channel U-Nets, so it is
+  not a sure win: the trainer uses it only where the CPU has native bf16 (oneDNN emulates it
+  elsewhere), and chapter 05 times both on the reader's machine.
 * Self-attention at 14 x 14 costs about 21 % of a step; keeping only the bottleneck's attention (at
   7 x 7) made a step 1.47x faster, so ``attention_levels`` is empty on CPU.
-* ``torch.compile`` took 2.5 min to compile on CPU for no gain, ``channels_last`` gained nothing,
-  bf16 autocast was slower for 32/64-channel models: all off on CPU.
+* ``torch.compile`` took 2.5 min to compile on CPU for no gain, ``channels_last`` gained nothing:
+  both off on CPU.
 * Ancestral sampling over a 100-step subsequence matched the full 1000-step chain on an
   undertrained model, while deterministic DDIM-50 (eta = 0) lost badly: previews use
   ``ddim_steps`` = 100 with ``sample_eta`` = 1 (DDIM with eta = 1 *is* ancestral sampling on the
@@ -182,8 +189,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         # 0.878 (6,000), 0.882 (6,000, bf16); lr 3e-3: 0.908 (6,000, bf16). 7,000 steps leave a
         # margin over the 0.90 goal. bf16 autocast (CPUs with native bf16 only) does not change
         # the scores and makes a step 1.58x faster.
-        train_steps=7000,
-        cifar_train_steps=7000,
+        train_steps=10_000,
+        cifar_train_steps=10_000,
         batch_size=64,
         lr=3e-3,
         warmup_steps=200,

@@ -572,7 +572,7 @@ plt.show()
 # %% [markdown]
 # Both curves fall with $t$ (the more noise, the more of $x_t$ *is* noise, and the easier it is to
 # name), and the network without skips is worse at every step. In the stored run (cpu budget) it is
-# about 1.5 times worse for small $t$, and over 3 times worse at the noisiest steps. That last part
+# about 1.5 times worse for small $t$, and nearly 3 times worse at the noisiest steps. That last part
 # may surprise: is fine detail not a small-$t$ matter? But the target is $\epsilon$, and $\epsilon$
 # *is* fine detail at every $t$: one independent number per pixel. At large $t$,
 # $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1-\bar\alpha_t}\, \epsilon$ is almost $\epsilon$ itself, so the
@@ -773,11 +773,11 @@ for ax, (name, images) in zip(axes, samples.items(), strict=True):
 plt.show()
 
 # %% [markdown]
-# In the stored run (cpu budget) the network with skips gives 27 % confident digits, all ten classes
-# and a digit-FID of 477; without skips, 2 %, four classes and 857. Neither is close to real digits
+# In the stored run (cpu budget) the network with skips gives 23 % confident digits, all ten classes
+# and a digit-FID of 442; without skips, 5 %, seven classes and 821. Neither is close to real digits
 # (99 %, FID 10 against a floor of 8): a third of the budget is not enough for good samples, and
 # chapter 05 trains longer. But even at this budget the gap is not only in loss and sharpness (the
-# grey-pixel share: 20 % with skips, 33 % without, 8 % for real digits). It decides whether the
+# grey-pixel share: 21 % with skips, 33 % without, 8 % for real digits). It decides whether the
 # samples are digits at all: the network without skips draws fragments of strokes.
 #
 # **Is it the parameters?** The network without skips also has 17 % fewer parameters, so this
@@ -805,7 +805,7 @@ print(f"held-out loss averaged over t: {per_step['with skips'].mean():.4f} with 
 
 # %% [markdown]
 # In the stored run, switching attention off changes the held-out loss by well under 1 % (the
-# printout rounds the ratio to 1.00); training without skips cost 61 %. The network does its work
+# printout rounds the ratio to 1.00); training without skips cost 58 %. The network does its work
 # with convolutions: at 28x28, two
 # downsamplings already give a 3x3 convolution a view of most of the image. Attention earns its
 # cost on larger images, where convolutions need many layers to connect distant pixels; that is
@@ -827,9 +827,9 @@ print(f"held-out loss averaged over t: {per_step['with skips'].mean():.4f} with 
 #   for images the noise level shows in $x_t$ itself and the gap nearly closes. A network trained
 #   with $t$ relies on it all the same: told the wrong $t$, it removes the wrong amount of noise.
 # - Skip connections, measured at equal training: without them the held-out loss is worse at every
-#   $t$ (1.5 times for small $t$, over 3 times at the noisiest steps, where the answer is nearly a
+#   $t$ (1.5 times for small $t$, nearly 3 times at the noisiest steps, where the answer is nearly a
 #   copy of the input), $\hat x_0$ keeps grain and loses strokes, and at the cpu budget the samples
-#   go from 27 % to 2 % recognisable digits. Switching off the bottleneck's attention changes the
+#   go from 23 % to 5 % recognisable digits. Switching off the bottleneck's attention changes the
 #   loss by under 1 %.
 
 # %% [markdown]

@@ -294,11 +294,13 @@ with torch.autocast("cpu", dtype=torch.bfloat16):  # the same mechanism on the C
 print(f"inside autocast: the conv's weights are {conv.weight.dtype}, its output is {y.dtype}")
 
 # %% [markdown]
-# Where the hardware has no bf16 arithmetic, the library emulates it, and autocast makes small
-# networks *slower* (measured on an older 2-core Xeon without those instructions). So the trainer
-# turns autocast on only where `training.has_native_bf16(device)` says the device computes bf16
-# itself, whatever the config says. Rather than trust that, time it: a few training steps of this
-# budget's U-Net at its batch size, with autocast and without, on this machine.
+# Where the hardware has no bf16 arithmetic, the library emulates it, which cannot beat float32.
+# So the trainer turns autocast on only where `training.has_native_bf16(device)` says the device
+# computes bf16 itself, whatever the config says. Even then it is not a sure win for small
+# networks: on one 2-core Xeon autocast made 32- and 64-channel U-Nets *slower*, while on the
+# 2-core EPYC (with AVX512-BF16) that ran this notebook it made the `cpu` U-Net's step about 1.6x
+# faster. Rather than trust either, time it: a few training steps of this budget's U-Net at its
+# batch size, with autocast and without, on this machine.
 
 # %% tags=["nbval-ignore-output"]
 def seconds_per_step(bf16, steps=6):
