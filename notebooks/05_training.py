@@ -18,11 +18,11 @@
 # | budget | where | how long | what you get |
 # |---|---|---|---|
 # | `smoke` | tests and CI | seconds | a tiny model that learns nothing; only checks that every cell runs |
-# | `cpu` | a laptop, 2 cores | about 10 minutes of training | recognisable digits |
+# | `cpu` | a laptop, 2 cores | 20-30 minutes of training | digits the probe of section 7 recognises (90 %) |
 # | `gpu` | one GPU | a few minutes | sharp digits, a 24x larger network |
 #
-# The outputs stored in this notebook come from the `cpu` budget on a 2-core machine (shared with
-# other jobs, which made it slower: see section 6).
+# The outputs stored in this notebook come from the `cpu` budget on a 2-core machine (section 6
+# has its timings).
 
 # %% tags=["setup", "nbval-ignore-output"]
 # Setup: on Colab, install the course package; everywhere, seed the random number generators,
@@ -75,8 +75,8 @@ RUN_DIR = Path("runs") / f"05_training_{BUDGET.name}"
 #
 # A *run budget* (`ddpm_teach.budgets.budget`) is a named set of sizes: the network's width, the
 # number of training steps, the batch, the learning rate and so on. The notebook reads every size
-# from it and never hard-codes one, which is what lets the same cells run in seconds in CI, in ten
-# minutes on a laptop and in minutes on a GPU. The three budgets, side by side:
+# from it and never hard-codes one, which is what lets the same cells run in seconds in CI, in
+# about twenty minutes on a laptop and in minutes on a GPU. The three budgets, side by side:
 
 # %%
 rows = [
@@ -210,10 +210,11 @@ plt.show()
 #   800,000 steps. A short run gains from ending with small steps: with `lr_decay="cosine"` the
 #   rate follows half a cosine from $\eta$ down to 0 at the last step,
 #   $\eta_s = \tfrac{\eta}{2}\big(1 + \cos(\pi\, \tfrac{s - S_\text{warm-up}}{S - S_\text{warm-up}})\big)$
-#   for a run of $S$ steps. Measured for the `cpu` budget's 3,600 steps (`docs/benchmarks.md`;
-#   section 7 explains the score): 81 % confident digits with the decay from a peak of 0.002
-#   (this notebook's run agrees), 71 % with the decay from 0.001 (the rate is then too small for
-#   too long), 79 % with a flat 0.001.
+#   for a run of $S$ steps. Measured on these digits (`docs/benchmarks.md`; section 7 explains
+#   the score): over 3,600 steps, 81 % confident digits with the decay from a peak of 0.002, 71 %
+#   with the decay from 0.001 (the rate is then too small for too long), 79 % with a flat 0.001;
+#   over 6,000 steps, 90.8 % from a peak of 0.003 and 88.2 % from 0.002. The `cpu` budget decays
+#   from 0.003 over 10,000 steps.
 # - **Gradient clipping** at global norm 1 (`grad_clip`): when the gradient of all weights together
 #   is longer than 1, it is scaled down to length 1, so that one unlucky batch cannot throw the
 #   weights far away.
@@ -259,7 +260,7 @@ plt.show()
 
 # %% [markdown]
 # The EMA's warm-up lasts longer than it seems: $\tfrac{1+n}{10+n}$ reaches $\mu = 0.995$ only after
-# about 1,800 updates, half of the `cpu` run, and the `gpu` budget's 0.9995 after 18,000, longer
+# about 1,800 updates, a fifth of the `cpu` run, and the `gpu` budget's 0.9995 after 18,000, longer
 # than its whole run; the plot shows how far back the average reaches at each step. A short run
 # needs exactly that: an average over the last thousands of steps of a run that is still
 # improving quickly would lag behind it. For the same reason the `cpu` budget's decay is 0.995, not
@@ -746,9 +747,10 @@ print(f"full-batch gradient vs the average of 4 shard gradients: relative differ
 # - The recipe around it: AdamW with a linear warm-up and, for short runs, a cosine decay
 #   (`Trainer.lr_at`), clipping at norm 1, and an EMA of the weights (`ema_update`,
 #   `ema_decay_at`) that is sampled instead of the raw weights.
-# - A run budget sizes everything, so one notebook runs in seconds (`smoke`), in about ten minutes
-#   on a laptop CPU (`cpu`) or in minutes on a GPU (`gpu`), where bf16 autocast speeds up the
-#   convolutions while weights, optimiser and loss stay float32.
+# - A run budget sizes everything, so one notebook runs in seconds (`smoke`), in about twenty minutes
+#   on a laptop CPU (`cpu`) or in minutes on a GPU (`gpu`). bf16 autocast speeds up the
+#   convolutions on a GPU and on CPUs with native bf16, while weights, optimiser and loss stay
+#   float32.
 # - Checkpoints are written atomically (temporary file, `fsync`, `os.replace`) and hold every seed,
 #   so a resumed run takes exactly the steps an uninterrupted one would; `load_checkpoint` rebuilds
 #   the networks anywhere.

@@ -422,7 +422,7 @@ def test_bad_config_is_named(kwargs, match):
 
 def test_from_budget_and_bad_data():
     cfg = TrainConfig.from_budget("glyph-digits", "cpu")
-    assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 7000
+    assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 10_000
     assert cfg.model_kwargs["channel_mults"] == (1, 2, 2) and not cfg.hflip
     assert (cfg.lr, cfg.lr_decay, cfg.ema_decay, cfg.bf16) == (3e-3, "cosine", 0.995, True)
     toy_cpu = TrainConfig.from_budget("eight-gaussians", "cpu")  # the toy recipe: flat lr
