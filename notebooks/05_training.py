@@ -413,9 +413,9 @@ for step in sorted(previews):
     print(line)
 
 # %% [markdown]
-# In the stored run the loss was already within about a third of its final value at the first
-# preview, while the share of confident digits kept climbing to the end: the loss is a poor guide
-# to sample quality once it has flattened out.
+# In the stored run the loss at the first preview was only about 40 % above its final value,
+# while the share of confident digits went on climbing, from 39 % to about 90 %: the loss is a
+# poor guide to sample quality once it has flattened out.
 #
 # How long it took, and how fast it went. The trainer times its training steps (`Trainer.summary`,
 # `Trainer.log`): previews and checkpoints are left out of its images per second, but not out of
@@ -439,7 +439,8 @@ if clock["load"]:
 
 # %% [markdown]
 # The stored run had the two cores of a 2-core machine mostly to itself (two threads; the load
-# average above counts the processes wanting a core) and trained for about 12 minutes. A laptop
+# average above counts the processes wanting a core) and trained for about 21 minutes, with bf16
+# autocast (section 5); without native bf16 expect about half as long again. A laptop
 # of your own should take about as long; fewer free cores take longer, and a GPU (the `gpu`
 # budget) trains a 24x larger network in minutes.
 
@@ -519,14 +520,14 @@ for name, values in per_t.items():
 # %% [markdown]
 # Three things to read off (the numbers are in the cells above):
 #
-# - The loss depends on $t$ by orders of magnitude (in the stored run, from about 0.3 at the
+# - The loss depends on $t$ by orders of magnitude (in the stored run, from about 0.2 at the
 #   paper's $t = 1$ to below 0.001 at $t = T$). Near $t = 0$ the noise is a faint speckle on a clean
 #   digit, hard to tell from the digit's own edges; near $t = T$ the input *is* almost the noise,
 #   and predicting it is easy. A batch's loss therefore depends on which $t$ it drew, which is
 #   why the per-step curve in section 6 is so ragged.
 # - In the stored run the two networks are nearly the same: the same loss at every $t$, the same
-#   share of confident digits (81 %; with 256 samples one standard error is about 2.5 points), all
-#   ten classes, and digit-FIDs within the noise of each other (21.8 raw, 20.7 EMA).
+#   share of confident digits (92 %; with 256 samples one standard error is about 1.7 points), all
+#   ten classes, and digit-FIDs within the noise of each other (19.0 raw, 18.5 EMA).
 # - That is the learning-rate decay at work. In the last few hundred steps of the `cpu` run the
 #   cosine has taken the learning rate close to 0, the raw weights hardly move any more, and an
 #   average of nearly equal weights is those weights. The decay and the average are two ways to
@@ -777,8 +778,8 @@ if first_share is not None:
 # >
 # > - *"Lower training loss always means better samples."* The loss averages over all $t$, its
 # >   largest terms come from the smallest $t$, and a batch's loss depends on which $t$ it drew. In
-# >   this run the loss fell by only a third from the first preview to the last, while the share of
-# >   confident digits went from 30 % to 83 % (section 6). Judge samples with a sample metric.
+# >   this run the loss fell by only about a quarter from the first preview to the last, while the share of
+# >   confident digits went from 39 % to 91 % (section 6). Judge samples with a sample metric.
 # > - *"The model learns the forward process."* The forward process $q$ is fixed: the betas come
 # >   from the schedule, and the optimiser updates the U-Net's weights and nothing else. The network
 # >   learns only to undo $q$, one noise prediction at a time.
