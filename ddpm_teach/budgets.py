@@ -15,14 +15,14 @@ docs/benchmarks.md), which is why the cpu U-Net is so small:
 * Under a time budget the small model wins: a 267k-parameter U-Net trained 3,000 steps at batch 64
   (8.3 min) drew recognisable digits where a 1.06M one, in 9 min, was far behind (it caught up
   after 16 min; measured with an earlier probe without the "not a digit" class, whose shares
-  were higher than today's ``metrics.digit_report``; the cpu entry below has today's numbers).
+  were higher than today's ``metrics.digit_report``; docs/benchmarks.md has today's numbers).
 * More steps move the score most; the learning rate a little (lr 3e-3 over lr 2e-3: 90.8 % vs
   88.2 % after 6,000 steps); the batch at equal images seen, v-prediction and the cosine noise
   schedule did not help. 90 % is on the edge at 6,000-7,000 steps (0.908 on 500 samples, then
   0.888 on 1,000 from the train CLI at 7,000), hence 10,000: 0.929 on 1,000 samples.
 * bf16 autocast, on a CPU with native bf16 (AVX512-BF16 or AMX; ``training.has_native_bf16``),
-  makes a step of the cpu U-Net 1.58x faster (0.21 s instead of 0.33 s at batch 64 on one
-  thread of the EPYC; 1.78x for 24- and 32-channel ones) for the same scores. The first
+  makes a step of the cpu U-Net 1.58x faster (127 ms instead of 200 ms at batch 64 on two
+  threads of the EPYC: chapter 05's timing cell) for the same scores. The first
   measurement, on the Xeon, had found autocast slower for 32- and 64-channel U-Nets, so it is
   not a sure win: the trainer uses it only where the CPU has native bf16 (oneDNN emulates it
   elsewhere), and chapter 05 times both on the reader's machine.
@@ -185,12 +185,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         num_steps=1000,
         schedule="linear",
         prediction="eps",
-        # Confident digits (metrics.digit_report, p >= 0.9, 500 samples by DDIM-100 with eta 1,
-        # one thread per run; docs/benchmarks.md) at the end of a cosine decay of the stated
-        # length: lr 1e-3 / EMA 0.999: 0.71 (3,600 steps); lr 2e-3 / EMA 0.995: 0.81 (3,600),
-        # 0.878 (6,000), 0.882 (6,000, bf16); lr 3e-3 with bf16: 0.908 (6,000), 0.888 (7,000,
-        # the train CLI, 1,000 samples). bf16 autocast (CPUs with native bf16 only) does not
-        # change the scores and makes a step 1.58x faster.
+        # Why these numbers: the module docstring; every run behind them: docs/benchmarks.md.
         train_steps=10_000,
         cifar_train_steps=10_000,
         batch_size=64,

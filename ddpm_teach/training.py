@@ -155,14 +155,16 @@ def build_model(kind: str, **kwargs: Any) -> nn.Module:
 def has_native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes bfloat16 natively, so that bf16 autocast speeds training up.
 
-    CUDA: any card torch says supports bf16 (Ampere and later run it on tensor cores). CPU: only
-    with AVX512-BF16 or AMX instructions; elsewhere oneDNN emulates bf16, which cannot be faster
-    than float32. With AVX512-BF16 (measured on a 2-core EPYC) a step of the ``cpu`` budget's
-    U-Net ran 1.58x faster under autocast (0.21 s instead of 0.33 s at batch 64, one thread).
+    CUDA: compute capability 8.0 (Ampere) and later, whose tensor cores run bf16; older cards
+    only emulate it (which ``torch.cuda.is_bf16_supported()`` counts as support by default).
+    CPU: only with AVX512-BF16 or AMX instructions; elsewhere oneDNN emulates bf16, which cannot
+    be faster than float32. With AVX512-BF16 (a 2-core EPYC, chapter 05's timing cell) a step of
+    the ``cpu`` budget's U-Net ran 1.58x faster under autocast (127 ms instead of 200 ms at batch
+    64, two threads).
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         # Private helpers, present since torch 2.1; treat their absence as "no".
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

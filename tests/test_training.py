@@ -371,6 +371,16 @@ def test_bf16_is_a_no_op_on_a_cpu_without_native_bf16(monkeypatch):
     assert_same_state(a, b)
 
 
+@pytest.mark.parametrize(
+    ("capability", "native"), [((7, 5), False), ((8, 0), True), ((9, 0), True)]
+)
+def test_native_bf16_on_cuda_means_ampere_or_later(monkeypatch, capability, native):
+    # Before Ampere torch emulates bf16 (and is_bf16_supported() says yes by default).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert has_native_bf16("cuda") is native
+
+
 def test_bf16_autocasts_on_a_cpu_with_native_bf16(monkeypatch):
     _cpu_bf16(monkeypatch, native=True)
     assert has_native_bf16("cpu") and not has_native_bf16("meta")
