@@ -168,8 +168,9 @@ def ddim_step(
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps = schedule.predict_eps_from_x0(x_t, t, x0_hat)
     # alpha_bar of the target step; the table is shifted by one so that t_prev = -1 (x_0) reads 1.
-    ab_table = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])
-    ab_prev = schedule.at(ab_table, t_prev + 1, x_t)
+    # alpha_bars_prev[k] is alpha_bar_{k-1} (1 at k = 0), so index t_prev + 1 is alpha_bar at
+    # t_prev, and 1 for t_prev = -1, the jump to x_0.
+    ab_prev = schedule.at(schedule.alpha_bars_prev, t_prev + 1, x_t)
     ab_t = schedule.at(schedule.alpha_bars, t, x_t)
     sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).clamp(min=0).sqrt()
     direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -265,7 +266,7 @@ def ddpm_sample(
     for i, step in enumerate(_progress(range(schedule.num_steps - 1, -1, -1), progress, "DDPM")):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
         eps = model_eps(model, schedule, x, t, prediction)
-        x0_hat = schedule.predict_x0_from_eps(x, t, eps)
+        x0_hat = schedule.predict_x0_from_eps(x, t, eps) if keep.enabled else None
         x = ddpm_step(schedule, eps, x, t, variance=variance, clip_x0=clip_x0, generator=generator)
         keep(i, x, x0_hat, step - 1)
     return keep.result(x)
@@ -326,9 +327,9 @@ def ddim_sample(
     ):
         t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
         eps = model_eps(model, schedule, x, t, prediction)
-        x0_hat = schedule.predict_x0_from_eps(x, t, eps)
+        x0_hat = schedule.predict_x0_from_eps(x, t, eps) if keep.enabled else None
         x = ddim_step(schedule, eps, x, t, prev, eta=eta, clip_x0=clip_x0, generator=generator)
-        keep(i, x, x0_hat.clamp(-1, 1) if clip_x0 else x0_hat, prev)
+        keep(i, x, x0_hat.clamp(-1, 1) if clip_x0 and keep.enabled else x0_hat, prev)
     return keep.result(x)
 
 
@@ -342,10 +343,11 @@ class _Keeper:
         self.xs, self.x0s, self.ts = [x_T.cpu()], [], [t_start]
         self.last: tuple[Tensor, Tensor, int] | None = None
 
-    def __call__(self, i: int, x: Tensor, x0_hat: Tensor, t_prev: int) -> None:
+    def __call__(self, i: int, x: Tensor, x0_hat: Tensor | None, t_prev: int) -> None:
         if not self.enabled:
             return
         if (i + 1) % self.stride == 0 or t_prev == -1:
+            assert x0_hat is not None  # the loops compute it whenever a trajectory is kept
             self.xs.append(x.cpu())
             self.x0s.append(x0_hat.cpu())
             self.ts.append(t_prev)

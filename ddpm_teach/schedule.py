@@ -39,6 +39,7 @@ class NoiseSchedule:
         alphas:      alpha_t = 1 - beta_t.
         alpha_bars:  alpha_bar_t = prod_{s<=t} alpha_s, the signal kept after t+1 steps.
         alpha_bars_prev: alpha_bar_{t-1}, with alpha_bar before the first step equal to 1.
+        sqrt_alpha_bars, sqrt_one_minus_alpha_bars: the coefficients of x_0 and eps in eq. 4.
         posterior_variance: beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (eq. 7);
             zero at index 0, where x_{t-1} is the data itself.
 
@@ -61,6 +62,9 @@ class NoiseSchedule:
         self.alphas = 1.0 - betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
         self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+        # The two coefficients of eq. 4, read at every step of training and sampling.
+        self.sqrt_alpha_bars = self.alpha_bars.sqrt()
+        self.sqrt_one_minus_alpha_bars = (1.0 - self.alpha_bars).sqrt()
         # eq. 7: the variance of q(x_{t-1} | x_t, x_0).
         self.posterior_variance = (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars) * betas
         # eq. 7: mu_tilde_t = coef_x0 * x_0 + coef_xt * x_t.
@@ -189,7 +193,7 @@ class NoiseSchedule:
 
     def q_mean_variance(self, x0: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(x_t | x_0) (eq. 4): (sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t)."""
-        mean = self._coef(self.alpha_bars.sqrt(), t, x0) * x0
+        mean = self._coef(self.sqrt_alpha_bars, t, x0) * x0
         variance = self._coef(1.0 - self.alpha_bars, t, x0)
         return mean, variance
 
@@ -211,8 +215,8 @@ class NoiseSchedule:
         """
         noise = self._noise_like(x0, noise, generator)
         return (
-            self._coef(self.alpha_bars.sqrt(), t, x0) * x0
-            + self._coef((1.0 - self.alpha_bars).sqrt(), t, x0) * noise
+            self._coef(self.sqrt_alpha_bars, t, x0) * x0
+            + self._coef(self.sqrt_one_minus_alpha_bars, t, x0) * noise
         )
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
@@ -242,15 +246,15 @@ class NoiseSchedule:
     def predict_x0_from_eps(self, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
         """Invert eq. 4: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
         _same_shape(x_t, eps, "eps")
-        return (x_t - self._coef((1.0 - self.alpha_bars).sqrt(), t, x_t) * eps) / self._coef(
-            self.alpha_bars.sqrt(), t, x_t
+        return (x_t - self._coef(self.sqrt_one_minus_alpha_bars, t, x_t) * eps) / self._coef(
+            self.sqrt_alpha_bars, t, x_t
         )
 
     def predict_eps_from_x0(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
         """Invert eq. 4 for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1-alpha_bar_t)."""
         _same_shape(x_t, x0, "x0")
-        return (x_t - self._coef(self.alpha_bars.sqrt(), t, x_t) * x0) / self._coef(
-            (1.0 - self.alpha_bars).sqrt(), t, x_t
+        return (x_t - self._coef(self.sqrt_alpha_bars, t, x_t) * x0) / self._coef(
+            self.sqrt_one_minus_alpha_bars, t, x_t
         )
 
     def v_target(self, x0: Tensor, eps: Tensor, t: int | Tensor) -> Tensor:
@@ -260,24 +264,24 @@ class NoiseSchedule:
         """
         _same_shape(x0, eps, "eps")
         return (
-            self._coef(self.alpha_bars.sqrt(), t, x0) * eps
-            - self._coef((1.0 - self.alpha_bars).sqrt(), t, x0) * x0
+            self._coef(self.sqrt_alpha_bars, t, x0) * eps
+            - self._coef(self.sqrt_one_minus_alpha_bars, t, x0) * x0
         )
 
     def predict_x0_from_v(self, x_t: Tensor, t: int | Tensor, v: Tensor) -> Tensor:
         """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
         _same_shape(x_t, v, "v")
         return (
-            self._coef(self.alpha_bars.sqrt(), t, x_t) * x_t
-            - self._coef((1.0 - self.alpha_bars).sqrt(), t, x_t) * v
+            self._coef(self.sqrt_alpha_bars, t, x_t) * x_t
+            - self._coef(self.sqrt_one_minus_alpha_bars, t, x_t) * v
         )
 
     def predict_eps_from_v(self, x_t: Tensor, t: int | Tensor, v: Tensor) -> Tensor:
         """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
         _same_shape(x_t, v, "v")
         return (
-            self._coef((1.0 - self.alpha_bars).sqrt(), t, x_t) * x_t
-            + self._coef(self.alpha_bars.sqrt(), t, x_t) * v
+            self._coef(self.sqrt_one_minus_alpha_bars, t, x_t) * x_t
+            + self._coef(self.sqrt_alpha_bars, t, x_t) * v
         )
 
     def to_eps(
