@@ -10,7 +10,8 @@ differs: ``ddpm_sample`` / ``ddim_sample`` against ``DDPMScheduler.step`` / ``DD
   returns zeros), beside the network's own time per step;
 * with ``--checkpoint``, sample quality against steps (``ddpm_teach.metrics.digit_report``:
   confidently classified share, classes covered, digit-FID beside its data floor) for glyph
-  digits / MNIST checkpoints.
+  digits / MNIST checkpoints: DDIM at each step count with eta 0 and eta 1 (``--quality-etas``),
+  and the full DDPM chain.
 
     python -m bench.sampling                         # CPU, untrained digits-size U-Net, batch 4
     python -m bench.sampling --checkpoint runs/digits/last.pt --quality-n 500
@@ -72,16 +73,23 @@ def zeros_model(x: Tensor, t: Tensor) -> Tensor:
 
 
 def ours_sampler(
-    kind: str, steps: int, schedule: NoiseSchedule, shape: Shape, device: torch.device, clip: bool
+    kind: str,
+    steps: int,
+    schedule: NoiseSchedule,
+    shape: Shape,
+    device: torch.device,
+    clip: bool,
+    eta: float = 0.0,
 ) -> Callable[..., Tensor]:
-    """``run(model, seed)``: our ``ddpm_sample`` (all T steps) or ``ddim_sample`` (eta 0)."""
+    """``run(model, seed)``: our ``ddpm_sample`` (all T steps) or ``ddim_sample`` (eta 0 unless
+    given: the speed comparison uses 0, as diffusers' DDIMScheduler does by default)."""
     from ddpm_teach.sampling import ddim_sample, ddpm_sample
 
     def run(model: Model, seed: int = 0) -> Tensor:
         g = torch.Generator(device).manual_seed(seed)
         if kind == "ddpm":
             return ddpm_sample(model, schedule, shape, g, clip_x0=clip, device=device)
-        return ddim_sample(model, schedule, shape, steps, 0.0, g, clip_x0=clip, device=device)
+        return ddim_sample(model, schedule, shape, steps, eta, g, clip_x0=clip, device=device)
 
     return run
 
@@ -215,8 +223,9 @@ def quality_rows(model, schedule, data_shape, args, device) -> tuple[list[list[s
         return [], f"quality: skipped, ddpm_teach.metrics is unavailable ({err})"
     shape = (args.quality_n, *data_shape)
     rows = []
-    for kind, steps in [("ddim", s) for s in args.ddim_steps] + [("ddpm", schedule.num_steps)]:
-        run = ours_sampler(kind, steps, schedule, shape, device, clip=True)
+    runs = [("ddim", s, eta) for eta in args.quality_etas for s in args.ddim_steps]
+    for kind, steps, eta in [*runs, ("ddpm", schedule.num_steps, 1.0)]:
+        run = ours_sampler(kind, steps, schedule, shape, device, clip=True, eta=eta)
         start = time.perf_counter()
         samples = run(model, seed=args.seed).clamp(-1, 1).cpu()
         seconds = time.perf_counter() - start
@@ -224,7 +233,7 @@ def quality_rows(model, schedule, data_shape, args, device) -> tuple[list[list[s
             r = digit_report(samples)
         except (FileNotFoundError, OSError, RuntimeError) as err:
             return rows, f"quality: stopped, digit_report failed ({type(err).__name__}: {err})"
-        name = f"DDPM-{steps}" if kind == "ddpm" else f"DDIM-{steps} (eta 0)"
+        name = f"DDPM-{steps}" if kind == "ddpm" else f"DDIM-{steps} (eta {eta:g})"
         rows.append(
             [
                 name,
@@ -257,7 +266,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default=None, help="fp32 on CPU, bf16 on CUDA"
     )
-    parser.add_argument("--quality-n", type=int, default=256, help="samples per quality row")
+    parser.add_argument(
+        "--quality-n", type=int, default=256, help="samples per quality row (0: no quality rows)"
+    )
+    parser.add_argument(
+        "--quality-etas",
+        type=float,
+        nargs="+",
+        default=[0.0, 1.0],
+        help="DDIM etas of the quality rows (0: deterministic; 1: ancestral, the budgets' choice)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak (dense bf16), for MFU"
@@ -323,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     net_s = network_seconds(model, shape, device)
     overhead = overhead_rows(samplers, net_s, args, device)
     quality, quality_note = [], ""
-    if args.checkpoint:
+    if args.checkpoint and args.quality_n > 0:
         quality, quality_note = quality_rows(model, schedule, data_shape, args, device)
 
     parts = [

@@ -90,3 +90,23 @@ def test_time_to_quality_overrides_reach_the_config(doc):
         time_to_quality.parse_args(["--set", "lr"])
     time_to_quality.main(["--tiny", "--only", "digits", "--doc", str(doc), "--set", "lr=0.0005"])
     assert "with lr=0.0005" in doc.read_text() and "lr 0.0005 (lr_decay none)" in doc.read_text()
+
+
+def test_sampling_quality_rows_cover_both_etas_and_the_full_chain(doc, tmp_path):
+    from bench import sampling
+    from ddpm_teach.training import TrainConfig, Trainer
+
+    cfg = TrainConfig.from_budget(
+        "glyph-digits", "smoke", train_steps=2, data_size=64, device="cpu", num_samples=0,
+        out_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    Trainer(cfg, progress=False).train()
+    argv = ["--tiny", "--doc", str(doc), "--checkpoint", str(tmp_path / "run" / "last.pt")]
+    assert sampling.main(argv) == 0
+    rows = [line.split("|")[1].strip() for line in doc.read_text().splitlines()
+            if line.startswith("| DDIM-") or line.startswith("| DDPM-")]  # fmt: skip
+    quality = rows[rows.index("DDIM-2 (eta 0)") :]  # after the speed rows
+    assert quality == [
+        "DDIM-2 (eta 0)", "DDIM-5 (eta 0)", "DDIM-2 (eta 1)", "DDIM-5 (eta 1)", "DDPM-100",
+    ]  # fmt: skip
+    assert "8 samples per row" in doc.read_text()
