@@ -13,6 +13,7 @@ Several GPUs or machines: launch the same command with ``torchrun`` (e.g.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", choices=PARAMETERIZATIONS, help="network target")
     p.add_argument("--schedule", choices=SCHEDULE_KINDS, help="noise schedule")
     p.add_argument("--timesteps", type=int, help="T, the length of the diffusion chain")
+    p.add_argument(
+        "--min-snr-gamma",
+        type=_gamma,
+        help="Min-SNR-gamma loss weighting (a positive number), or 'none' for the paper's L_simple "
+        "(default: the budget's)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every random number (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--data-size", type=int, help="examples to load or generate")
@@ -93,9 +100,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channels_last=args.channels_last,
         **overrides,
     )
+    if args.min_snr_gamma is not None:
+        config = dataclasses.replace(config, min_snr_gamma=args.min_snr_gamma or None)
     if args.no_bf16:
         config.bf16 = False
     return config
+
+
+def _gamma(text: str) -> float:
+    """--min-snr-gamma: a positive number, or 'none' (returned as 0.0: no weighting)."""
+    if text.strip().lower() == "none":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number or 'none', got {text!r}"
+        ) from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,7 @@ __all__ = [
     "has_native_bf16",
     "load_checkpoint",
     "make_schedule",
+    "min_snr_weight",
     "save_preview",
     "train",
 ]
@@ -95,6 +96,7 @@ _RESUME_FIELDS = (
     "schedule",
     "num_steps",
     "prediction",
+    "min_snr_gamma",
     "batch_size",
     "lr",
     "warmup_steps",
@@ -180,6 +182,38 @@ def _model_kind(model: nn.Module) -> str:
     return "custom"
 
 
+def min_snr_weight(
+    schedule: NoiseSchedule, t: Tensor, prediction: str = "eps", gamma: float = 5.0
+) -> Tensor:
+    """Per-example loss weights of Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion
+    Training via Min-SNR Weighting Strategy").
+
+    Every parameterisation's squared error is the x_0 error times a factor of the signal-to-noise
+    ratio SNR_t = alpha_bar_t / (1 - alpha_bar_t): ||eps - eps_hat||^2 = SNR_t ||x_0 - x0_hat||^2
+    and ||v - v_hat||^2 = (SNR_t + 1) ||x_0 - x0_hat||^2. So L_simple weighs the x_0 error by
+    SNR_t, which puts most of the effort into nearly clean steps that barely matter for samples.
+    Min-SNR caps that weight at gamma: the x_0 error gets min(SNR_t, gamma), i.e. the loss of
+
+        eps:  min(SNR_t, gamma) / SNR_t        (1 at noisy steps, < 1 once SNR_t > gamma)
+        x0:   min(SNR_t, gamma)
+        v:    min(SNR_t, gamma) / (SNR_t + 1)
+
+    Args:
+        schedule: the noise schedule. t: step indices, shape (B,). gamma: the cap (> 0).
+
+    Returns:
+        float64 weights, shape (B,), on the CPU (where the schedule keeps its tables).
+    """
+    check_prediction(prediction)
+    snr = schedule.snr(t)
+    capped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return capped / snr
+    if prediction == "x0":
+        return capped
+    return capped / (snr + 1.0)
+
+
 def ema_decay_at(num_updates: int, decay: float, warmup: bool = True) -> float:
     """The EMA decay used for update number ``num_updates`` (0 for the first).
 
@@ -228,7 +262,9 @@ class TrainConfig:
         model: "unet", "mlp" or None (the MLP for 2-D points, the U-Net for images).
         model_kwargs: its arguments, except the data's channels / dimension, read from the data.
     Diffusion:
-        schedule ("linear" | "cosine"), num_steps (T), prediction ("eps" | "x0" | "v").
+        schedule ("linear" | "cosine"), num_steps (T), prediction ("eps" | "x0" | "v"),
+        min_snr_gamma (None: L_simple as in the paper; a number gamma: the Min-SNR-gamma weighting
+        of Hang et al. 2023, see :func:`min_snr_weight`).
     Optimisation:
         train_steps, batch_size (the global batch, over all processes), lr, warmup_steps (linear
         warm-up from 0), lr_decay ("none": flat after the warm-up; "cosine": half a cosine from lr
@@ -256,6 +292,7 @@ class TrainConfig:
     schedule: str = "linear"
     num_steps: int = 1000
     prediction: str = "eps"
+    min_snr_gamma: float | None = None
     train_steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-4
@@ -303,6 +340,15 @@ class TrainConfig:
         if self.schedule not in SCHEDULE_KINDS:
             raise ValueError(f"schedule: expected one of {SCHEDULE_KINDS}, got {self.schedule!r}")
         check_prediction(self.prediction)
+        if self.min_snr_gamma is not None and not (
+            isinstance(self.min_snr_gamma, (int, float))
+            and not isinstance(self.min_snr_gamma, bool)
+            and 0 < self.min_snr_gamma < math.inf
+        ):
+            raise ValueError(
+                f"min_snr_gamma: expected a positive number (5 in the paper) or None, got "
+                f"{self.min_snr_gamma!r}"
+            )
         if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a finite number >= 0, got {self.lr!r}")
         if self.lr_decay not in LR_DECAYS:
@@ -348,6 +394,7 @@ class TrainConfig:
             schedule=b.schedule,
             num_steps=b.num_steps,
             prediction=b.prediction,
+            min_snr_gamma=None if toy else b.min_snr_gamma,
             train_steps=steps,
             batch_size=b.toy_batch_size if toy else b.batch_size,
             lr=b.toy_lr if toy else b.lr,
@@ -664,7 +711,12 @@ class Trainer:
         self.net.train()
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.net(x_t, t.to(self.device, non_blocking=True))
-        loss = F.mse_loss(out.float(), target.float())  # eq. 14, in fp32 whatever the autocast
+        if cfg.min_snr_gamma is None:
+            loss = F.mse_loss(out.float(), target.float())  # eq. 14, in fp32 whatever the autocast
+        else:
+            w = min_snr_weight(self.schedule, t, cfg.prediction, cfg.min_snr_gamma)
+            per_example = (out.float() - target.float()).square().flatten(1).mean(1)
+            loss = (w.to(self.device, torch.float32, non_blocking=True) * per_example).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None

@@ -106,3 +106,28 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="resume: no checkpoint at"):
         train_cli.main(["--data", "moons", "--budget", "smoke", "--out", str(tmp_path / "new"),
                         "--resume", "--device", "cpu"])  # fmt: skip
+
+
+def test_min_snr_gamma_flag_overrides_the_budget(capsys):
+    def config(*extra: str):
+        parser = train_cli.build_parser()
+        args = parser.parse_args(
+            ["--data", "glyph-digits", "--budget", "cpu", "--out", "x", *extra]
+        )
+        return train_cli.config_from_args(args)
+
+    assert config().min_snr_gamma == budget_gamma("cpu")
+    assert config("--min-snr-gamma", "5").min_snr_gamma == 5.0
+    assert config("--min-snr-gamma", "none").min_snr_gamma is None  # the paper's L_simple
+    with pytest.raises(SystemExit) as e:
+        config("--min-snr-gamma", "-1")
+    assert e.value.code == 2
+    assert "--min-snr-gamma: expected a positive number or 'none', got '-1'" in (
+        capsys.readouterr().err
+    )
+
+
+def budget_gamma(name: str) -> float | None:
+    from ddpm_teach.budgets import budget
+
+    return budget(name).min_snr_gamma

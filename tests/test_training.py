@@ -28,6 +28,7 @@ from ddpm_teach.training import (
     has_native_bf16,
     load_checkpoint,
     make_schedule,
+    min_snr_weight,
     train,
 )
 
@@ -101,6 +102,38 @@ def test_loss_is_l_simple_for_each_target(prediction):
         expected.append(target.pow(2).mean().item())
     tr.train()
     assert [s for s, _ in tr.history] == [1, 2, 3]
+    assert [v for _, v in tr.history] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weight_caps_the_x0_error_weight_at_gamma(prediction):
+    # Whatever the network outputs, weight * ||target - out||^2 = min(SNR, gamma) ||x0 - x0_hat||^2.
+    s = make_schedule("linear", 1000)
+    t = torch.tensor([0, 20, 80, 130, 140, 400, 999])
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = (torch.randn(7, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    x_t = s.q_sample(x0, t, eps)
+    x0_hat = {"eps": s.predict_x0_from_eps, "x0": lambda x, t, o: o,
+              "v": s.predict_x0_from_v}[prediction](x_t, t, out)  # fmt: skip
+    err = (s.target(x0, eps, t, prediction) - out).square().flatten(1).sum(1)
+    x0_err = (x0 - x0_hat).square().flatten(1).sum(1)
+    w = min_snr_weight(s, t, prediction, gamma=5.0)
+    assert torch.allclose(w * err, s.snr(t).clamp(max=5.0) * x0_err, rtol=1e-6)
+    if prediction == "eps":  # 1 wherever SNR <= gamma: only the nearly clean steps are damped
+        assert torch.equal(w[s.snr(t) <= 5.0], torch.ones_like(w[s.snr(t) <= 5.0]))
+        assert (w[s.snr(t) > 5.0] < 1).all() and w[0] < 1e-3
+
+
+def test_trainer_loss_with_min_snr_is_the_weighted_mean():
+    cfg = toy_config(train_steps=2, log_every=1, min_snr_gamma=2.0)
+    tr = Trainer(cfg, TOY, model=Zero(), progress=False)
+    expected = []
+    for step in range(2):
+        _, t, eps = tr._batch(step)
+        w = min_snr_weight(tr.schedule, t, "eps", 2.0).float()
+        expected.append((w * eps.pow(2).mean(1)).mean().item())
+        assert expected[-1] < eps.pow(2).mean().item()  # some steps of 50 have SNR > 2
+    tr.train()
     assert [v for _, v in tr.history] == pytest.approx(expected, rel=1e-6)
 
 
@@ -251,6 +284,9 @@ def test_resume_refuses_another_config(tmp_path):
     Trainer(toy_config(out_dir=str(tmp_path)), TOY, progress=False).train(2)
     with pytest.raises(ValueError, match=r"lr: 0\.003 in the checkpoint, 0\.001 now"):
         Trainer(toy_config(out_dir=str(tmp_path), lr=1e-3), TOY, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"min_snr_gamma: None in the checkpoint, 5\.0 now"):
+        Trainer(toy_config(out_dir=str(tmp_path), min_snr_gamma=5.0), TOY, resume=True,
+                progress=False)  # fmt: skip
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(toy_config(), TOY, resume=tmp_path / "nope.pt", progress=False)
     # More steps is fine: a resumed run may be extended.
@@ -423,6 +459,8 @@ def test_channels_last_trains_the_same_on_cpu():
         (dict(sample_steps=51), "sample_steps"),
         (dict(grad_clip=0), "grad_clip"),
         (dict(log_every=0), "log_every"),
+        (dict(min_snr_gamma=0), "min_snr_gamma"),
+        (dict(min_snr_gamma=float("nan")), "min_snr_gamma"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
@@ -432,12 +470,15 @@ def test_bad_config_is_named(kwargs, match):
 
 def test_from_budget_and_bad_data():
     cfg = TrainConfig.from_budget("glyph-digits", "cpu")
-    assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 10_000
+    assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 7000
     assert cfg.model_kwargs["channel_mults"] == (1, 2, 2) and not cfg.hflip
     assert (cfg.lr, cfg.lr_decay, cfg.ema_decay, cfg.bf16) == (3e-3, "cosine", 0.995, True)
+    assert cfg.min_snr_gamma == 1.0
     toy_cpu = TrainConfig.from_budget("eight-gaussians", "cpu")  # the toy recipe: flat lr
     assert (toy_cpu.lr, toy_cpu.lr_decay, toy_cpu.ema_decay) == (2e-3, "none", 0.999)
+    assert toy_cpu.min_snr_gamma is None  # L_simple for the MLP
     assert TrainConfig.from_budget("cifar10", "gpu").hflip
+    assert TrainConfig.from_budget("glyph-digits", "gpu").min_snr_gamma is None
     toy = TrainConfig.from_budget("moons", "smoke", train_steps=40)
     assert toy.model == "mlp" and toy.train_steps == 40 and toy.checkpoint_every == 4
     assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
