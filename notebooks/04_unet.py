@@ -500,6 +500,7 @@ for name, skips in [("with skips", True), ("without skips", False)]:
     config = TrainConfig.from_budget(
         "glyph-digits", BUDGET, train_steps=train_steps, num_samples=0,
         model_kwargs={**BUDGET.model_kwargs(), "skip_connections": skips},
+        min_snr_gamma=None,  # the paper's L_simple, as the plots below say (chapter 05 reweights it)
     )
     runs[name] = Trainer(config, data, progress=False)
     start = time.perf_counter()
