@@ -25,8 +25,8 @@ docs/benchmarks.md), which is why the cpu U-Net is so small:
   88.2 % after 6,000 steps; 4e-3 and 5e-3 were worse); the batch at equal images seen,
   v-prediction and the cosine noise schedule did not help.
 * bf16 autocast, on a CPU with native bf16 (AVX512-BF16 or AMX; ``training.has_native_bf16``),
-  makes a step of the cpu U-Net 1.58x faster (127 ms instead of 200 ms at batch 64 on two
-  threads of the EPYC: chapter 05's timing cell) for the same scores. The first
+  makes a step of the cpu U-Net 1.52x faster (154 ms instead of 233 ms at batch 64 on two
+  threads of the EPYC: chapter 05's stored timing cell; 1.58x in an earlier run of it) for the same scores. The first
   measurement, on the Xeon, had found autocast slower for 32- and 64-channel U-Nets, so it is
   not a sure win: the trainer uses it only where the CPU has native bf16 (oneDNN emulates it
   elsewhere), and chapter 05 times both on the reader's machine.

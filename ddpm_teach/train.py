@@ -13,7 +13,7 @@ Several GPUs or machines: launch the same command with ``torchrun`` (e.g.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -87,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "device": args.device,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.min_snr_gamma is not None:  # 0.0 stands for 'none', the paper's L_simple
+        overrides["min_snr_gamma"] = args.min_snr_gamma or None
     b = budget(args.budget)
     if "num_steps" in overrides:  # DDIM previews cannot take more steps than the chain has
         overrides.setdefault("sample_steps", min(b.ddim_steps, overrides["num_steps"]))
@@ -100,8 +102,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channels_last=args.channels_last,
         **overrides,
     )
-    if args.min_snr_gamma is not None:
-        config = dataclasses.replace(config, min_snr_gamma=args.min_snr_gamma or None)
     if args.no_bf16:
         config.bf16 = False
     return config
@@ -114,10 +114,8 @@ def _gamma(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive number or 'none', got {text!r}"
-        ) from None
-    if not 0 < value < float("inf"):
+        value = math.nan  # refused below, with the same message
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'none', got {text!r}")
     return value
 

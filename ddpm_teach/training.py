@@ -161,7 +161,7 @@ def has_native_bf16(device: torch.device | str) -> bool:
     only emulate it (which ``torch.cuda.is_bf16_supported()`` counts as support by default).
     CPU: only with AVX512-BF16 or AMX instructions; elsewhere oneDNN emulates bf16, which cannot
     be faster than float32. With AVX512-BF16 (a 2-core EPYC, chapter 05's timing cell) a step of
-    the ``cpu`` budget's U-Net ran 1.58x faster under autocast (127 ms instead of 200 ms at batch
+    the ``cpu`` budget's U-Net ran 1.52x faster under autocast (154 ms instead of 233 ms at batch
     64, two threads).
     """
     device = torch.device(device)

@@ -349,7 +349,7 @@ print(f"inside autocast: the conv's weights are {conv.weight.dtype}, its output 
 # So the trainer turns autocast on only where `training.has_native_bf16(device)` says the device
 # computes bf16 itself, whatever the config says. Even then it is not a sure win for small
 # networks: on one 2-core Xeon autocast made 32- and 64-channel U-Nets *slower*, while on the
-# 2-core EPYC (with AVX512-BF16) that ran this notebook it made the `cpu` U-Net's step about 1.6x
+# 2-core EPYC (with AVX512-BF16) that ran this notebook it made the `cpu` U-Net's step about 1.5x
 # faster. Rather than trust either, time it: a few training steps of this budget's U-Net at its
 # batch size, with autocast and without, on this machine.
 
