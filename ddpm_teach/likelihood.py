@@ -127,7 +127,7 @@ def vlb(
 
         steps = tqdm(steps, desc="vlb", leave=False)
     for step in steps:
-        t = torch.full((batch,), step, dtype=torch.long, device=x0.device)
+        t = torch.full((batch,), step, dtype=torch.long)  # on the CPU: no GPU sync per step
         x_t = schedule.q_sample(x0, t, generator=generator)
         eps = model_eps(model, schedule, x_t.to(model_dtype), t, prediction)
         x0_hat = schedule.predict_x0_from_eps(x_t, t, eps.to(x_t.dtype))

@@ -67,9 +67,11 @@ def model_eps(
 ) -> Tensor:
     """Call ``model(x_t, t)`` and return its output converted to the predicted noise eps.
 
-    A model that returns the wrong shape is named as the culprit, not the sampler.
+    A model that returns the wrong shape is named as the culprit, not the sampler. ``t`` may sit on
+    the CPU (the samplers keep it there, so that the schedule's coefficients need no GPU sync); the
+    model gets a copy on x_t's device.
     """
-    out = model(x_t, t)
+    out = model(x_t, t.to(x_t.device, non_blocking=True))
     if not isinstance(out, Tensor) or out.shape != x_t.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
@@ -128,7 +130,8 @@ def ddpm_step(
     mean, _ = schedule.q_posterior(x0_hat, x_t, t)
     noise = schedule._noise_like(x_t, noise, generator)
     # No noise is added on the final step to x_0 (Algorithm 2, "z = 0 if t = 1").
-    nonzero = (t > 0).to(x_t.dtype).to(x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
+    nonzero = (t > 0).to(x_t.dtype).to(x_t.device, non_blocking=True)
+    nonzero = nonzero.reshape(-1, *([1] * (x_t.ndim - 1)))
     return mean + nonzero * schedule.at(sigma2.sqrt(), t, x_t) * noise
 
 
@@ -264,7 +267,7 @@ def ddpm_sample(
     x = _prepare(schedule, shape, generator, device, dtype, x_T, prediction)
     keep = _Keeper(return_trajectory, trajectory_stride, x, schedule.num_steps - 1)
     for i, step in enumerate(_progress(range(schedule.num_steps - 1, -1, -1), progress, "DDPM")):
-        t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+        t = torch.full((x.shape[0],), step, dtype=torch.long)  # on the CPU: see model_eps
         eps = model_eps(model, schedule, x, t, prediction)
         x0_hat = schedule.predict_x0_from_eps(x, t, eps) if keep.enabled else None
         x = ddpm_step(schedule, eps, x, t, variance=variance, clip_x0=clip_x0, generator=generator)
@@ -325,7 +328,7 @@ def ddim_sample(
     for i, (step, prev) in enumerate(
         _progress(list(zip(timesteps, prevs, strict=True)), progress, "DDIM")
     ):
-        t = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
+        t = torch.full((x.shape[0],), step, dtype=torch.long)  # on the CPU: see model_eps
         eps = model_eps(model, schedule, x, t, prediction)
         x0_hat = schedule.predict_x0_from_eps(x, t, eps) if keep.enabled else None
         x = ddim_step(schedule, eps, x, t, prev, eta=eta, clip_x0=clip_x0, generator=generator)
@@ -340,7 +343,8 @@ class _Keeper:
         if stride < 1:
             raise ValueError(f"trajectory_stride: expected a positive int, got {stride}")
         self.enabled, self.stride = enabled, stride
-        self.xs, self.x0s, self.ts = [x_T.cpu()], [], [t_start]
+        # Copied to the CPU only when kept: a copy back from the GPU waits for it.
+        self.xs, self.x0s, self.ts = [x_T.cpu()] if enabled else [], [], [t_start]
         self.last: tuple[Tensor, Tensor, int] | None = None
 
     def __call__(self, i: int, x: Tensor, x0_hat: Tensor | None, t_prev: int) -> None:

@@ -151,7 +151,10 @@ class NoiseSchedule:
         if x.ndim == 0:
             raise ValueError("x: expected a batch of shape (B, ...), got a scalar")
         t = self.check_t(t, x.shape[0], name)
-        out = values[t.cpu()].to(device=x.device, dtype=x.dtype)
+        # Gathered on the CPU, where the tables live. With t on the CPU (the trainer and samplers
+        # keep it there) nothing waits for the GPU: a non-blocking copy from pageable memory is
+        # staged at once, while a blocking one would first wait for all queued GPU work.
+        out = values[t.cpu()].to(dtype=x.dtype).to(device=x.device, non_blocking=True)
         return out.reshape(-1, *([1] * (x.ndim - 1)))
 
     def at(self, values: Tensor, t: int | Tensor, x: Tensor) -> Tensor:

@@ -385,7 +385,10 @@ class UNet(nn.Module):
             raise ValueError(
                 f"H and W must be divisible by {factor} for {self.num_levels} levels; got {H}x{W}"
             )
-        t = torch.as_tensor(t, device=x.device)
+        if isinstance(t, Tensor):  # non_blocking: a CPU t must not make the GPU sync
+            t = t.to(x.device, non_blocking=True)
+        else:
+            t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0 or t.shape == (1,):
             t = t.reshape(1).expand(B)
         elif t.shape != (B,):
