@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-bf16",
         action="store_true",
-        help="no bf16 autocast (on by the cpu and gpu budgets where the device has native bf16)",
+        help="no bf16 autocast (on by the cpu budget where the CPU has native bf16)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -322,7 +322,7 @@ plt.show()
 # Most of a step's time goes into convolutions and matrix products. A GPU's tensor cores do those
 # several times faster in 16-bit floats than in 32-bit ones, moving half the bytes, and so do
 # recent CPUs with bf16 instructions (AVX512-BF16 or AMX: AMD Zen 4, Intel Xeons since Cooper
-# Lake). With `bf16=True` (the `cpu` and `gpu` budgets) the trainer wraps the forward pass in
+# Lake). With `bf16=True` (the `cpu` budget) the trainer wraps the forward pass in
 # `torch.autocast(device, torch.bfloat16)`: inside it, convolutions and matrix products run in
 # **bfloat16**, while reductions and normalisations stay in float32. The weights, their gradients
 # and Adam's state stay float32 (the *master weights*), and the loss is computed in float32
@@ -350,8 +350,12 @@ print(f"inside autocast: the conv's weights are {conv.weight.dtype}, its output 
 # computes bf16 itself, whatever the config says. Even then it is not a sure win for small
 # networks: on one 2-core Xeon autocast made 32- and 64-channel U-Nets *slower*, while on the
 # 2-core EPYC (with AVX512-BF16) that ran this notebook it made the `cpu` U-Net's step about 1.5x
-# faster. Rather than trust either, time it: a few training steps of this budget's U-Net at its
-# batch size, with autocast and without, on this machine.
+# faster. A GPU can lose too: on an H200 the `gpu` budget's U-Net stepped in 51 ms with autocast
+# and 38.5 ms without, because for a network this small the GPU finishes each kernel faster than
+# Python can launch the next, and autocast adds a cast kernel per operand; so the `gpu` budget
+# trains in float32 (its convolutions use the tensor cores' TF32 mode anyway). Rather than trust
+# any of these, time it: a few training steps of this budget's U-Net at its batch size, with
+# autocast and without, on this machine.
 
 # %% tags=["nbval-ignore-output"]
 def seconds_per_step(bf16, steps=6):
@@ -809,8 +813,8 @@ print(f"full-batch gradient vs the average of 4 shard gradients: relative differ
 #   `ema_decay_at`) that is sampled instead of the raw weights.
 # - A run budget sizes everything, so one notebook runs in seconds (`smoke`), in about twenty minutes
 #   on a laptop CPU (`cpu`) or in minutes on a GPU (`gpu`). bf16 autocast speeds up the
-#   convolutions on a GPU and on CPUs with native bf16, while weights, optimiser and loss stay
-#   float32.
+#   convolutions where the arithmetic is the bottleneck (CPUs with native bf16, large networks on
+#   a GPU), while weights, optimiser and loss stay float32; measure before trusting it.
 # - Checkpoints are written atomically (temporary file, `fsync`, `os.replace`) and hold every seed,
 #   so a resumed run takes exactly the steps an uninterrupted one would; `load_checkpoint` rebuilds
 #   the networks anywhere.

@@ -18,6 +18,7 @@ SCRIPTS = {
     "sampling": [],
     "time_to_quality": ["--set", "lr_decay=none", "--set", "lr=0.002"],
     "course_time": [],
+    "trainer_speed": ["--variants", "budget", "fp32", "min-snr"],
 }
 HEADER = "# Benchmarks\n\nHow to reproduce: see the top of the real file.\n"
 
@@ -110,3 +111,14 @@ def test_sampling_quality_rows_cover_both_etas_and_the_full_chain(doc, tmp_path)
         "DDIM-2 (eta 0)", "DDIM-5 (eta 0)", "DDIM-2 (eta 1)", "DDIM-5 (eta 1)", "DDPM-100",
     ]  # fmt: skip
     assert "8 samples per row" in doc.read_text()
+
+
+def test_trainer_speed_rows_follow_the_variants(doc, capsys):
+    from bench import trainer_speed
+
+    argv = ["--tiny", "--doc", str(doc), "--variants", "l-simple", "channels-last"]
+    assert trainer_speed.main(argv) == 0
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["l-simple", "channels-last"]
+    assert "min_snr_gamma=None" in rows[0] and "channels_last=True" in rows[1]
+    assert rows[0].split("|")[-2].strip() == "1.000"  # the reference against itself

@@ -67,7 +67,8 @@ def test_cpu_budget_is_the_measured_small_model():
     assert UNet(1, **b.model_kwargs()).num_parameters() == 267_313
     assert b.attention_levels == () and b.batch_size == 64
     assert b.bf16  # the trainer autocasts only where the CPU has native bf16
-    assert budget("gpu").bf16
+    # On an H200 the gpu U-Net's step is host-bound and autocast made it slower (budgets docstring).
+    assert not budget("gpu").bf16
 
 
 def test_budgets_grow_from_smoke_to_gpu():

@@ -1,0 +1,149 @@
+"""Training steps per second of ddpm_teach's Trainer at a run budget, under a few settings.
+
+``bench.train_step`` times the network alone against diffusers; this times the whole training step
+the budgets run (batch gather, q_sample, forward, loss, backward, clipping, fused AdamW, EMA), so
+that a budget's settings (bf16 autocast, channels_last, torch.compile, Min-SNR weighting, batch)
+are chosen by measurement. The variants train in alternation, a chunk of steps each per round, in
+one process; the table gives medians and each variant's speed relative to the first.
+
+Variants are overrides of the budget's TrainConfig for glyph digits:
+
+    python -m bench.trainer_speed --device cuda --budget gpu
+    python -m bench.trainer_speed --threads 1 --budget cpu --variants budget fp32
+    python -m bench.trainer_speed --device cuda --budget gpu --variants budget fp32 compile fp32-compile
+
+A column "CPU ms/step" close to "ms/step" on a GPU says the step is bound by the host (Python,
+kernel launches), not by the GPU: then fewer, larger kernels (compile, CUDA graphs) pay, and
+lower precision does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from ._common import alternate, base_parser, machine_info, markdown_table, report, setup
+
+#: name -> TrainConfig overrides (relative to the budget's glyph-digits config).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "budget": {},
+    "fp32": {"bf16": False},
+    "bf16": {"bf16": True},
+    "channels-last": {"channels_last": True},
+    "compile": {"compile": True},
+    "fp32-compile": {"bf16": False, "compile": True},
+    "min-snr": {"min_snr_gamma": 1.0},
+    "l-simple": {"min_snr_gamma": None},
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = base_parser("trainer_speed", __doc__.splitlines()[0])
+    parser.add_argument("--budget", default=None, help="run budget (default: cpu; smoke if --tiny)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        default=None,
+        help="settings to time, the first being the reference (default: budget fp32 bf16 "
+        "channels-last, plus compile on CUDA)",
+    )
+    parser.add_argument("--chunk", type=int, default=None, help="steps per timed call")
+    parser.add_argument("--iters", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed chunks per variant")
+    parser.add_argument("--data-size", type=int, default=8192, help="glyph digits rendered")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.budget = args.budget or "smoke"
+        args.chunk = args.chunk or 2
+        args.iters, args.data_size = min(args.iters, 2), min(args.data_size, 64)
+    args.budget = args.budget or "cpu"
+    if args.variants is None:
+        args.variants = ["budget", "fp32", "bf16", "channels-last"]
+        if args.device == "cuda":
+            args.variants += ["compile", "fp32-compile"]
+    args.chunk = args.chunk or (50 if args.device == "cuda" else 10)
+    if args.chunk < 1 or args.iters < 1 or args.warmup < 0:
+        raise SystemExit("--chunk and --iters: expected >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = setup(args)
+    info = machine_info(device)
+    from ddpm_teach.data import glyph_digits
+    from ddpm_teach.training import TrainConfig, Trainer
+
+    data, _ = glyph_digits(args.data_size, seed=0)
+    trainers, configs = {}, {}
+    for name in dict.fromkeys(args.variants):
+        config = TrainConfig.from_budget(
+            "glyph-digits", args.budget, device=device.type, data_size=args.data_size,
+            train_steps=10**9, num_samples=0, out_dir=None, log_every=args.chunk,
+            **VARIANTS[name],
+        )  # fmt: skip
+        trainers[name], configs[name] = Trainer(config, data, progress=False), config
+    # Warm-up compiles (torch.compile), picks cuDNN kernels and builds the optimiser state.
+    times = alternate(
+        {name: (lambda tr=tr: tr.train(args.chunk)) for name, tr in trainers.items()},
+        iters=args.iters,
+        warmup=args.warmup,
+        device=device,
+    )
+    first = next(iter(times))
+    rows = []
+    for name, t in times.items():
+        cfg, tr = configs[name], trainers[name]
+        ms = 1000 * t.median / args.chunk
+        cpu_ms = 1000 * statistics.median(t.cpu) / args.chunk
+        speed = statistics.median(a / b for a, b in zip(times[first].wall, t.wall, strict=True))
+        rows.append(
+            [
+                name,
+                ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items()) or "-",
+                "bf16" if tr.bf16 else "fp32",
+                str(cfg.batch_size),
+                f"{ms:.2f}",
+                f"{cpu_ms:.2f}",
+                f"{1000 / ms:.1f}",
+                f"{cfg.batch_size * 1000 / ms:.0f}",
+                f"{speed:.3f}",
+            ]
+        )
+        print("  " + " | ".join(rows[-1]))
+    cfg = configs[first]
+    body = "\n".join(
+        [
+            markdown_table(
+                [
+                    "variant",
+                    "overrides",
+                    "precision used",
+                    "batch",
+                    "ms/step",
+                    "CPU ms/step",
+                    "steps/s",
+                    "img/s",
+                    f"speed vs {first}",
+                ],
+                rows,
+            ),
+            "",
+            f"Budget {args.budget!r}, glyph digits ({args.data_size} rendered): U-Net "
+            f"{cfg.model_kwargs}, prediction {cfg.prediction}, min_snr_gamma {cfg.min_snr_gamma}. "
+            f"Medians of {args.iters} alternating rounds of {args.chunk} steps per variant after "
+            f"{args.warmup} warm-up chunk(s); a step = batch gather + q_sample + forward + loss + "
+            "backward + clipping + fused AdamW + EMA, as the trainer runs it; 'precision used' is "
+            "what the trainer chose (bf16 only where the device has it natively). Speed > 1: "
+            f"faster than {first}.",
+        ]
+    )
+    report(args.doc, "trainer_speed", argv, info, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
