@@ -24,7 +24,15 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from ._common import alternate, base_parser, machine_info, markdown_table, report, setup
+from ._common import (
+    alternate,
+    base_parser,
+    machine_info,
+    markdown_table,
+    pair_ratio,
+    report,
+    setup,
+)
 
 #: name -> TrainConfig overrides (relative to the budget's glyph-digits config).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -99,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, tr = configs[name], trainers[name]
         ms = 1000 * t.median / args.chunk
         cpu_ms = 1000 * statistics.median(t.cpu) / args.chunk
-        speed = statistics.median(a / b for a, b in zip(times[first].wall, t.wall, strict=True))
+        speed = pair_ratio(t.wall, times[first].wall)  # per-round ratios: robust to load bursts
+        cpu_speed = pair_ratio(t.cpu, times[first].cpu)
         rows.append(
             [
                 name,
@@ -110,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{cpu_ms:.2f}",
                 f"{1000 / ms:.1f}",
                 f"{cfg.batch_size * 1000 / ms:.0f}",
-                f"{speed:.3f}",
+                str(speed),
+                str(cpu_speed),
             ]
         )
         print("  " + " | ".join(rows[-1]))
@@ -127,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "CPU ms/step",
                     "steps/s",
                     "img/s",
-                    f"speed vs {first}",
+                    f"speed vs {first} [IQR]",
+                    "CPU-time ratio [IQR]",
                 ],
                 rows,
             ),
@@ -137,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Medians of {args.iters} alternating rounds of {args.chunk} steps per variant after "
             f"{args.warmup} warm-up chunk(s); a step = batch gather + q_sample + forward + loss + "
             "backward + clipping + fused AdamW + EMA, as the trainer runs it; 'precision used' is "
-            "what the trainer chose (bf16 only where the device has it natively). Speed > 1: "
-            f"faster than {first}.",
+            "what the trainer chose (bf16 only where the device has it natively). Speed: median "
+            f"of the per-round ratios {first}'s time / the variant's (> 1: faster than {first}), "
+            "by wall clock and by process CPU time.",
         ]
     )
     report(args.doc, "trainer_speed", argv, info, body)
