@@ -375,3 +375,24 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def count_ops(fn: Callable[[], Any]) -> int:
+    """ATen operator calls that ``fn()`` dispatches (views and autocast's casts included).
+
+    Each one costs the host a few microseconds of dispatch, and each non-view one launches at
+    least one kernel on a GPU: where a step is bound by the host rather than by arithmetic (small
+    networks on a fast GPU), this count, not the FLOPs, sets its time.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Counter(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            _Counter.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Counter():
+        fn()
+    return _Counter.calls
