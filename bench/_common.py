@@ -122,7 +122,7 @@ def machine_info(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
-        info["gpu"] = "none used (GPU: unmeasured)"
+        info["gpu"] = "none used (this run is CPU-only)"
     return info
 
 
