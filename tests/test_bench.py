@@ -122,3 +122,39 @@ def test_trainer_speed_rows_follow_the_variants(doc, capsys):
     assert [row.split("|")[1].strip() for row in rows] == ["l-simple", "channels-last"]
     assert "min_snr_gamma=None" in rows[0] and "channels_last=True" in rows[1]
     assert rows[0].split("|")[-3].strip().startswith("1.000 [1.00-1.00]")  # itself
+
+
+def test_gpu_script_runs_every_benchmark_with_arguments_they_accept(tmp_path):
+    # bench/gpu.sh is meant for a lent GPU machine: check its wiring here with stand-ins for
+    # nvidia-smi and python that only record how they were called.
+    import os
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "calls.txt"
+    for name in ("nvidia-smi", "fake-python"):
+        stub = tmp_path / name
+        stub.write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "$(basename $0) $*" >> {shlex.quote(str(log))}\n'
+        )
+        stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", PYTHON="fake-python")
+    out = subprocess.run(
+        ["bash", str(root / "bench" / "gpu.sh"), str(tmp_path / "doc.md")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert calls[0][0] == "nvidia-smi"
+    modules = [c[2] for c in calls[1:]]
+    assert modules == [
+        "pytest", "bench.train_step", "bench.trainer_speed", "bench.time_to_quality",
+        "bench.sampling",
+    ]  # fmt: skip
+    assert calls[1][3:] == ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "tests/test_cuda.py"]
+    for call in calls[2:]:
+        module = importlib.import_module(call[2])
+        args = module.parse_args(call[3:])  # the flags the script passes must parse
+        assert args.device == "cuda" and args.doc == str(tmp_path / "doc.md")
