@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/benchmarks.md in one go (about 8 minutes on an H100 / H200):
+# Every GPU measurement of docs/benchmarks.md in one go (about 8 minutes on an H200, estimated
+# from its parts: all but bench.trainer_speed ran there in about 5 minutes):
 #
 #   bash bench/gpu.sh [DOC]        # DOC: where the dated sections go (default docs/benchmarks.md)
 #
