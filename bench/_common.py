@@ -390,9 +390,10 @@ def count_ops(fn: Callable[[], Any]) -> int:
         calls = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            _Counter.calls += 1
+            self.calls += 1
             return func(*args, **(kwargs or {}))
 
-    with _Counter():
+    counter = _Counter()
+    with counter:
         fn()
-    return _Counter.calls
+    return counter.calls

@@ -86,14 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ddpm_teach.training import TrainConfig, Trainer
 
     data, _ = glyph_digits(args.data_size, seed=0)
-    trainers, configs = {}, {}
+    trainers = {}
     for name in dict.fromkeys(args.variants):
         config = TrainConfig.from_budget(
             "glyph-digits", args.budget, device=device.type, data_size=args.data_size,
             train_steps=10**9, num_samples=0, out_dir=None, log_every=args.chunk,
             **VARIANTS[name],
         )  # fmt: skip
-        trainers[name], configs[name] = Trainer(config, data, progress=False), config
+        trainers[name] = Trainer(config, data, progress=False)
     # Warm-up compiles (torch.compile), picks cuDNN kernels and builds the optimiser state.
     times = alternate(
         {name: (lambda tr=tr: tr.train(args.chunk)) for name, tr in trainers.items()},
@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = next(iter(times))
     rows = []
     for name, t in times.items():
-        cfg, tr = configs[name], trainers[name]
+        tr = trainers[name]
+        cfg = tr.config
         ms = 1000 * t.median / args.chunk
         cpu_ms = 1000 * statistics.median(t.cpu) / args.chunk
         speed = pair_ratio(t.wall, times[first].wall)  # per-round ratios: robust to load bursts
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
         )
         print("  " + " | ".join(rows[-1]))
-    cfg = configs[first]
+    cfg = trainers[first].config
     body = "\n".join(
         [
             markdown_table(

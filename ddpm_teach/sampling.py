@@ -122,17 +122,16 @@ def ddpm_step(
     Returns:
         x_{t-1}, shape (B, ...).
     """
-    sigma2 = _reverse_variance(schedule, variance)
+    # sigma_t per step, zero at the final step to x_0 (Algorithm 2: "z = 0 if t = 1").
+    sigma = _reverse_variance(schedule, variance).sqrt()
+    sigma[0] = 0.0
     t = schedule.check_t(t, x_t.shape[0] if x_t.ndim else None)
     x0_hat = schedule.predict_x0_from_eps(x_t, t, eps)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
     mean, _ = schedule.q_posterior(x0_hat, x_t, t)
     noise = schedule._noise_like(x_t, noise, generator)
-    # No noise is added on the final step to x_0 (Algorithm 2, "z = 0 if t = 1").
-    nonzero = (t > 0).to(x_t.dtype).to(x_t.device, non_blocking=True)
-    nonzero = nonzero.reshape(-1, *([1] * (x_t.ndim - 1)))
-    return mean + nonzero * schedule.at(sigma2.sqrt(), t, x_t) * noise
+    return mean + schedule.at(sigma, t, x_t) * noise
 
 
 def ddim_step(
