@@ -125,7 +125,7 @@ def ddpm_step(
     # sigma_t per step, zero at the final step to x_0 (Algorithm 2: "z = 0 if t = 1").
     sigma = _reverse_variance(schedule, variance).sqrt()
     sigma[0] = 0.0
-    t = schedule.check_t(t, x_t.shape[0] if x_t.ndim else None)
+    schedule.check_t(t, x_t.shape[0] if x_t.ndim else None)
     x0_hat = schedule.predict_x0_from_eps(x_t, t, eps)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
@@ -163,8 +163,7 @@ def ddim_step(
     """
     if not 0.0 <= eta:
         raise ValueError(f"eta: expected a non-negative number (0 = deterministic), got {eta}")
-    t = schedule.check_t(t, x_t.shape[0] if x_t.ndim else None)
-    t_prev = _check_t_prev(schedule, t_prev, t)
+    t_prev = _check_t_prev(t_prev, schedule.check_t(t, x_t.shape[0] if x_t.ndim else None))
     x0_hat = schedule.predict_x0_from_eps(x_t, t, eps)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
@@ -182,7 +181,15 @@ def ddim_step(
     return x_prev
 
 
-def _check_t_prev(schedule: NoiseSchedule, t_prev: int | Tensor, t: Tensor) -> Tensor:
+def _check_t_prev(t_prev: int | Tensor, t: Tensor) -> int | Tensor:
+    """Validate t_prev against the checked t; an int (the samplers' case) is returned as is."""
+    if isinstance(t_prev, int) and not isinstance(t_prev, bool) and t.numel() == 1:
+        if not -1 <= t_prev < int(t):
+            raise ValueError(
+                f"t_prev: expected -1 <= t_prev < t (-1 means x_0), got t_prev={t_prev} "
+                f"for t={int(t)}"
+            )
+        return t_prev
     t_prev = torch.as_tensor(t_prev)
     if t_prev.dtype.is_floating_point or t_prev.dtype == torch.bool:
         raise TypeError(f"t_prev: expected an int or an integer tensor, got dtype {t_prev.dtype}")
@@ -268,8 +275,11 @@ def ddpm_sample(
     for i, step in enumerate(_progress(range(schedule.num_steps - 1, -1, -1), progress, "DDPM")):
         t = torch.full((x.shape[0],), step, dtype=torch.long)  # on the CPU: see model_eps
         eps = model_eps(model, schedule, x, t, prediction)
-        x0_hat = schedule.predict_x0_from_eps(x, t, eps) if keep.enabled else None
-        x = ddpm_step(schedule, eps, x, t, variance=variance, clip_x0=clip_x0, generator=generator)
+        # The schedule gets the int step: one coefficient for the whole batch, cheaper to check.
+        x0_hat = schedule.predict_x0_from_eps(x, step, eps) if keep.enabled else None
+        x = ddpm_step(
+            schedule, eps, x, step, variance=variance, clip_x0=clip_x0, generator=generator
+        )
         keep(i, x, x0_hat, step - 1)
     return keep.result(x)
 
@@ -329,8 +339,8 @@ def ddim_sample(
     ):
         t = torch.full((x.shape[0],), step, dtype=torch.long)  # on the CPU: see model_eps
         eps = model_eps(model, schedule, x, t, prediction)
-        x0_hat = schedule.predict_x0_from_eps(x, t, eps) if keep.enabled else None
-        x = ddim_step(schedule, eps, x, t, prev, eta=eta, clip_x0=clip_x0, generator=generator)
+        x0_hat = schedule.predict_x0_from_eps(x, step, eps) if keep.enabled else None
+        x = ddim_step(schedule, eps, x, step, prev, eta=eta, clip_x0=clip_x0, generator=generator)
         keep(i, x, x0_hat.clamp(-1, 1) if clip_x0 and keep.enabled else x0_hat, prev)
     return keep.result(x)
 

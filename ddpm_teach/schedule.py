@@ -119,8 +119,14 @@ class NoiseSchedule:
         if isinstance(t, bool):
             raise TypeError(f"{name}: expected an int or an integer tensor, got a bool")
         if isinstance(t, int):
-            t = torch.tensor([t])
-        elif isinstance(t, Tensor):
+            # The samplers' case (one step for the whole batch): checked without tensor ops.
+            if not 0 <= t < self.num_steps:
+                raise ValueError(
+                    f"{name}: step indices must lie in 0..{self.num_steps - 1} (index t stands "
+                    f"for the paper's t+1), got {t}"
+                )
+            return torch.tensor([t])
+        if isinstance(t, Tensor):
             if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
                 raise TypeError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
             if t.ndim == 0:
@@ -139,22 +145,27 @@ class NoiseSchedule:
                 f"{name}: expected one entry per batch element ({batch_size}) or a single step, "
                 f"got {t.numel()} entries"
             )
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
-            raise ValueError(
-                f"{name}: step indices must lie in 0..{self.num_steps - 1} (index t stands for the "
-                f"paper's t+1), got values in {int(t.min())}..{int(t.max())}"
-            )
+        if t.numel():
+            lo, hi = (int(v) for v in torch.aminmax(t))
+            if lo < 0 or hi >= self.num_steps:
+                raise ValueError(
+                    f"{name}: step indices must lie in 0..{self.num_steps - 1} (index t stands "
+                    f"for the paper's t+1), got values in {lo}..{hi}"
+                )
         return t.long()
 
     def _coef(self, values: Tensor, t: int | Tensor, x: Tensor, name: str = "t") -> Tensor:
         """``values[t]`` shaped (B, 1, ..., 1) to broadcast against ``x`` of shape (B, ...)."""
         if x.ndim == 0:
             raise ValueError("x: expected a batch of shape (B, ...), got a scalar")
-        t = self.check_t(t, x.shape[0], name)
-        # Gathered on the CPU, where the tables live. With t on the CPU (the trainer and samplers
-        # keep it there) nothing waits for the GPU: a non-blocking copy from pageable memory is
-        # staged at once, while a blocking one would first wait for all queued GPU work.
-        out = values[t.cpu()].to(dtype=x.dtype).to(device=x.device, non_blocking=True)
+        if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.num_steps:
+            picked = values[t : t + 1]  # one step for the whole batch (the samplers): a view
+        else:
+            # Gathered on the CPU, where the tables live. With t on the CPU (the trainer keeps
+            # it there) nothing waits for the GPU: a non-blocking copy from pageable memory is
+            # staged at once, while a blocking one would first wait for all queued GPU work.
+            picked = values[self.check_t(t, x.shape[0], name).cpu()]
+        out = picked.to(dtype=x.dtype).to(device=x.device, non_blocking=True)
         return out.reshape(-1, *([1] * (x.ndim - 1)))
 
     def at(self, values: Tensor, t: int | Tensor, x: Tensor) -> Tensor:

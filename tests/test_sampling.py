@@ -221,6 +221,30 @@ def test_ddim_step_matches_diffusers(eta):
         assert torch.allclose(out, ref, atol=1e-4), (t, (out - ref).abs().max())
 
 
+def test_int_step_equals_per_example_steps():
+    """The samplers pass one int step for the whole batch (a cheaper path through the schedule);
+    it must give exactly what a (B,) tensor of that step gives."""
+    s = NoiseSchedule.linear(50, 1e-3, 0.2)
+    g = torch.Generator().manual_seed(0)
+    x_t, eps, z = (torch.randn(3, 1, 4, 4, generator=g) for _ in range(3))
+    for t in (0, 1, 17, 49):
+        full = torch.full((3,), t)
+        for variance in ("small", "large"):
+            a = ddpm_step(s, eps, x_t, t, noise=z, variance=variance, clip_x0=True)
+            b = ddpm_step(s, eps, x_t, full, noise=z, variance=variance, clip_x0=True)
+            assert torch.equal(a, b), (t, variance)
+        for t_prev in {-1, t // 2 - 1, t - 1}:
+            a = ddim_step(s, eps, x_t, t, t_prev, eta=0.7, noise=z, clip_x0=True)
+            b = ddim_step(
+                s, eps, x_t, full, torch.full((3,), t_prev), eta=0.7, noise=z, clip_x0=True
+            )
+            assert torch.equal(a, b), (t, t_prev)
+    with pytest.raises(ValueError, match="t_prev: expected -1 <= t_prev < t"):
+        ddim_step(s, eps, x_t, 5, -2)
+    with pytest.raises(ValueError, match="t_prev: expected -1 <= t_prev < t"):
+        ddim_step(s, eps, x_t, torch.full((3,), 5), torch.full((3,), -2))
+
+
 # ------------------------------------------------------------------------------- bad input
 def test_bad_sampler_input():
     s = NoiseSchedule.linear(10, 0.01, 0.2)
