@@ -10,7 +10,7 @@ Variants are overrides of the budget's TrainConfig for glyph digits:
 
     python -m bench.trainer_speed --device cuda --budget gpu
     python -m bench.trainer_speed --threads 1 --budget cpu --variants budget fp32
-    python -m bench.trainer_speed --device cuda --budget gpu --variants budget fp32 compile fp32-compile
+    python -m bench.trainer_speed --device cuda --budget gpu --variants budget compile cuda-graphs
 
 A column "CPU ms/step" close to "ms/step" on a GPU says the step is bound by the host (Python,
 kernel launches), not by the GPU: then fewer, larger kernels (compile, CUDA graphs) pay, and
@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "channels-last": {"channels_last": True},
     "compile": {"compile": True},
     "fp32-compile": {"bf16": False, "compile": True},
+    # torch.compile's CUDA graphs: one launch replays the whole forward or backward.
+    "cuda-graphs": {"compile": "reduce-overhead"},
     "min-snr": {"min_snr_gamma": 1.0},
     "l-simple": {"min_snr_gamma": None},
 }
@@ -56,11 +58,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(VARIANTS),
         default=None,
         help="settings to time, the first being the reference (default: budget fp32 bf16 "
-        "channels-last, plus compile on CUDA)",
+        "channels-last, plus compile, fp32-compile and cuda-graphs on CUDA)",
     )
     parser.add_argument("--chunk", type=int, default=None, help="steps per timed call")
     parser.add_argument("--iters", type=int, default=5, help="alternating rounds")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed chunks per variant")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed chunks per variant, besides the first one that builds it",
+    )
     parser.add_argument("--data-size", type=int, default=8192, help="glyph digits rendered")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -71,7 +78,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.variants is None:
         args.variants = ["budget", "fp32", "bf16", "channels-last"]
         if args.device == "cuda":
-            args.variants += ["compile", "fp32-compile"]
+            args.variants += ["compile", "fp32-compile", "cuda-graphs"]
     args.chunk = args.chunk or (50 if args.device == "cuda" else 10)
     if args.chunk < 1 or args.iters < 1 or args.warmup < 0:
         raise SystemExit("--chunk and --iters: expected >= 1, --warmup >= 0")
@@ -86,15 +93,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ddpm_teach.training import TrainConfig, Trainer
 
     data, _ = glyph_digits(args.data_size, seed=0)
-    trainers = {}
+    trainers, failed = {}, {}
     for name in dict.fromkeys(args.variants):
-        config = TrainConfig.from_budget(
-            "glyph-digits", args.budget, device=device.type, data_size=args.data_size,
-            train_steps=10**9, num_samples=0, out_dir=None, log_every=args.chunk,
-            **VARIANTS[name],
-        )  # fmt: skip
-        trainers[name] = Trainer(config, data, progress=False)
-    # Warm-up compiles (torch.compile), picks cuDNN kernels and builds the optimiser state.
+        # A variant that cannot train (a compile mode this machine lacks, say) is reported and
+        # left out, so that one experiment cannot cost a lent GPU's whole run.
+        try:
+            config = TrainConfig.from_budget(
+                "glyph-digits", args.budget, device=device.type, data_size=args.data_size,
+                train_steps=10**9, num_samples=0, out_dir=None, log_every=args.chunk,
+                **VARIANTS[name],
+            )  # fmt: skip
+            trainers[name] = Trainer(config, data, progress=False)
+            trainers[name].train(args.chunk)  # compiles, picks kernels, builds optimiser state
+        except Exception as err:  # any failure of a variant is its result
+            failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            trainers.pop(name, None)
+            print(f"  {name}: failed ({failed[name]})")
+    if not trainers:
+        raise SystemExit(f"every variant failed: {failed}")
     times = alternate(
         {name: (lambda tr=tr: tr.train(args.chunk)) for name, tr in trainers.items()},
         iters=args.iters,
@@ -147,11 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Budget {args.budget!r}, glyph digits ({args.data_size} rendered): U-Net "
             f"{cfg.model_kwargs}, prediction {cfg.prediction}, min_snr_gamma {cfg.min_snr_gamma}. "
             f"Medians of {args.iters} alternating rounds of {args.chunk} steps per variant after "
-            f"{args.warmup} warm-up chunk(s); a step = batch gather + q_sample + forward + loss + "
+            f"{args.warmup + 1} warm-up chunk(s); a step = batch gather + q_sample + forward + loss + "
             "backward + clipping + fused AdamW + EMA, as the trainer runs it; 'precision used' is "
             "what the trainer chose (bf16 only where the device has it natively). Speed: median "
             f"of the per-round ratios {first}'s time / the variant's (> 1: faster than {first}), "
-            "by wall clock and by process CPU time.",
+            "by wall clock and by process CPU time."
+            + "".join(
+                f" Variant {name} failed and is left out: {why}." for name, why in failed.items()
+            ),
         ]
     )
     report(args.doc, "trainer_speed", argv, info, body)

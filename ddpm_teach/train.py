@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .budgets import BUDGETS, budget
 from .data import DATASETS
 from .schedule import PARAMETERIZATIONS
-from .training import SCHEDULE_KINDS, TrainConfig, Trainer
+from .training import COMPILE_MODES, SCHEDULE_KINDS, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, help="steps between loss read-outs")
     p.add_argument("--num-samples", type=int, help="samples per preview (0: none)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: the budget's)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        help="torch.compile the network, optionally in a mode (reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument(
         "--no-bf16",
@@ -98,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         out_dir=args.out,
         download=args.download,
-        compile=args.compile,
+        compile=args.compile or False,
         channels_last=args.channels_last,
         **overrides,
     )

@@ -56,6 +56,7 @@ from .unet import UNet
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "COMPILE_MODES",
     "MODEL_KINDS",
     "SCHEDULE_KINDS",
     "NonFiniteLossError",
@@ -83,6 +84,10 @@ SCHEDULE_KINDS = ("linear", "cosine")
 
 #: What the learning rate does after the warm-up (see :meth:`Trainer.lr_at`).
 LR_DECAYS = ("none", "cosine")
+
+#: ``torch.compile`` modes ``TrainConfig.compile`` may name; True means "default".
+#: "reduce-overhead" adds CUDA graphs on a GPU, for steps bound by kernel launches.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Config fields that must match to resume a run; the others (train_steps, out_dir, intervals,
 # preview settings, compile, device) may change between the two halves.
@@ -273,7 +278,8 @@ class TrainConfig:
     Speed:
         bf16 (autocast to bfloat16 where the device computes it natively, see
         :func:`has_native_bf16`; elsewhere nothing, as emulated bf16 is slower), channels_last,
-        compile (``torch.compile``), device (None: CUDA when available).
+        compile (False; True or a mode of ``COMPILE_MODES`` for ``torch.compile`` of the
+        network), device (None: CUDA when available).
     Outputs:
         seed, out_dir (None: write nothing), log_every (steps between loss read-outs; each one
         synchronises with the GPU), sample_every, checkpoint_every (0: only at the end),
@@ -304,7 +310,7 @@ class TrainConfig:
     ema_warmup: bool = True
     bf16: bool = False
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False
     device: str | None = None
     seed: int = 0
     out_dir: str | None = None
@@ -351,6 +357,11 @@ class TrainConfig:
             )
         if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a finite number >= 0, got {self.lr!r}")
+        if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES):
+            raise ValueError(
+                f"compile: expected True, False or a torch.compile mode {COMPILE_MODES}, "
+                f"got {self.compile!r}"
+            )
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay: expected one of {LR_DECAYS}, got {self.lr_decay!r}")
         if not 0.0 <= self.weight_decay:
@@ -573,7 +584,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, mode=None if cfg.compile is True else cfg.compile)
         self.optimizer = self._make_optimizer()
 
         # ---- state

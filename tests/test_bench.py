@@ -124,6 +124,19 @@ def test_trainer_speed_rows_follow_the_variants(doc, capsys):
     assert rows[0].split("|")[-3].strip().startswith("1.000 [1.00-1.00]")  # itself
 
 
+def test_trainer_speed_reports_a_failing_variant_and_times_the_rest(doc, capsys, monkeypatch):
+    from bench import trainer_speed
+
+    monkeypatch.setitem(trainer_speed.VARIANTS, "diverges", {"lr": 1e30, "grad_clip": None})
+    argv = ["--tiny", "--doc", str(doc), "--variants", "budget", "diverges"]
+    assert trainer_speed.main(argv) == 0
+    text = doc.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip() for row in rows] == ["budget"]
+    assert "Variant diverges failed and is left out: NonFiniteLossError" in text
+    assert "diverges: failed (NonFiniteLossError" in capsys.readouterr().out
+
+
 def test_gpu_script_runs_every_benchmark_with_arguments_they_accept(tmp_path):
     # bench/gpu.sh is meant for a lent GPU machine: check its wiring here with stand-ins for
     # nvidia-smi and python that only record how they were called.

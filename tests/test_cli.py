@@ -109,7 +109,7 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
                         "--resume", "--device", "cpu"])  # fmt: skip
 
 
-def test_min_snr_gamma_flag_overrides_the_budget(capsys):
+def test_min_snr_gamma_and_compile_flags(capsys):
     def config(*extra: str):
         parser = train_cli.build_parser()
         args = parser.parse_args(
@@ -117,6 +117,9 @@ def test_min_snr_gamma_flag_overrides_the_budget(capsys):
         )
         return train_cli.config_from_args(args)
 
+    assert config().compile is False
+    assert config("--compile").compile == "default"
+    assert config("--compile", "reduce-overhead").compile == "reduce-overhead"
     assert config().min_snr_gamma == budget("cpu").min_snr_gamma
     assert config("--min-snr-gamma", "5").min_snr_gamma == 5.0
     assert config("--min-snr-gamma", "none").min_snr_gamma is None  # the paper's L_simple

@@ -7,6 +7,7 @@ import functools
 import itertools
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -448,6 +449,29 @@ def test_channels_last_trains_the_same_on_cpu():
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: modes.append(mode) or net)
+    for compile_ in (False, True, "default", "reduce-overhead"):
+        Trainer(toy_config(compile=compile_), progress=False)
+    assert modes == [None, "default", "reduce-overhead"]
+
+
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
+def test_compiled_network_trains_like_the_eager_one():
+    a = Trainer(toy_config(), progress=False)
+    b = Trainer(toy_config(compile=True), progress=False)
+    a.train(10)
+    b.train(10)
+    assert b.net is not b.model  # the compiled wrapper around the same module
+    # Fused kernels sum in another order: close, not equal.
+    for (_, la), (_, lb) in zip(a.history, b.history, strict=True):
+        assert lb == pytest.approx(la, rel=1e-4)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -461,6 +485,7 @@ def test_channels_last_trains_the_same_on_cpu():
         (dict(log_every=0), "log_every"),
         (dict(min_snr_gamma=0), "min_snr_gamma"),
         (dict(min_snr_gamma=float("nan")), "min_snr_gamma"),
+        (dict(compile="fast"), "compile: expected True, False or a torch.compile mode"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
