@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ddpm_teach.training import TrainConfig, Trainer
 
     data, _ = glyph_digits(args.data_size, seed=0)
-    trainers, failed = {}, {}
+    trainers, failed, same_as = {}, {}, {}
     for name in dict.fromkeys(args.variants):
         # A variant that cannot train (a compile mode this machine lacks, say) is reported and
         # left out, so that one experiment cannot cost a lent GPU's whole run.
@@ -103,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 train_steps=10**9, num_samples=0, out_dir=None, log_every=args.chunk,
                 **VARIANTS[name],
             )  # fmt: skip
+            same = [other for other, tr in trainers.items() if tr.config == config]
+            if same:  # e.g. fp32 at a budget that trains in fp32 already
+                same_as[name] = same[0]
+                print(f"  {name}: the same settings as {same[0]}, not timed twice")
+                continue
             trainers[name] = Trainer(config, data, progress=False)
             trainers[name].train(args.chunk)  # compiles, picks kernels, builds optimiser state
         except Exception as err:  # any failure of a variant is its result
@@ -168,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "what the trainer chose (bf16 only where the device has it natively). Speed: median "
             f"of the per-round ratios {first}'s time / the variant's (> 1: faster than {first}), "
             "by wall clock and by process CPU time."
+            + "".join(f" Variant {name} = {other}'s settings." for name, other in same_as.items())
             + "".join(
                 f" Variant {name} failed and is left out: {why}." for name, why in failed.items()
             ),

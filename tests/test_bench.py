@@ -124,16 +124,17 @@ def test_trainer_speed_rows_follow_the_variants(doc, capsys):
     assert rows[0].split("|")[-3].strip().startswith("1.000 [1.00-1.00]")  # itself
 
 
-def test_trainer_speed_reports_a_failing_variant_and_times_the_rest(doc, capsys, monkeypatch):
+def test_trainer_speed_reports_failing_and_duplicate_variants(doc, capsys, monkeypatch):
     from bench import trainer_speed
 
     monkeypatch.setitem(trainer_speed.VARIANTS, "diverges", {"lr": 1e30, "grad_clip": None})
-    argv = ["--tiny", "--doc", str(doc), "--variants", "budget", "diverges"]
+    argv = ["--tiny", "--doc", str(doc), "--variants", "budget", "diverges", "fp32"]
     assert trainer_speed.main(argv) == 0
     text = doc.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in rows] == ["budget"]
     assert "Variant diverges failed and is left out: NonFiniteLossError" in text
+    assert "Variant fp32 = budget's settings." in text  # the smoke budget trains in fp32
     assert "diverges: failed (NonFiniteLossError" in capsys.readouterr().out
 
 
