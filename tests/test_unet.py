@@ -322,14 +322,17 @@ def test_every_block_starts_as_identity_on_its_skip_path():
             x = y
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample_is_nearest_neighbour(channels_last):
+def test_upsample_is_nearest_neighbour(channels_last, bf16):
+    # float32 NCHW takes the repeat_interleave path on the CPU, the rest torch's kernel.
     up = Upsample(4)
-    x = torch.randn(2, 4, 5, 3)
+    x = torch.randn(2, 4, 5, 3, dtype=torch.bfloat16 if bf16 else torch.float32)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    expected = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-    out = up(x)
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        expected = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        out = up(x)
     assert out.shape == (2, 4, 10, 6) and torch.allclose(out, expected, atol=1e-6)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
 
