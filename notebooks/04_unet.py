@@ -776,7 +776,7 @@ plt.show()
 # %% [markdown]
 # In the stored run (cpu budget) the network with skips gives 23 % confident digits, all ten classes
 # and a digit-FID of 442; without skips, 5 %, seven classes and 821. Neither is close to real digits
-# (99 %, FID 10 against a floor of 8): a third of the budget is not enough for good samples, and
+# (99 %, FID 10 against a floor of 8): a sixth of the budget is not enough for good samples, and
 # chapter 05 trains longer. But even at this budget the gap is not only in loss and sharpness (the
 # grey-pixel share: 21 % with skips, 33 % without, 8 % for real digits). It decides whether the
 # samples are digits at all: the network without skips draws fragments of strokes.
@@ -946,15 +946,18 @@ print("sizes in 20..40 that a 4-level U-Net takes:",
 # config = TrainConfig.from_budget(
 #     "glyph-digits", BUDGET, train_steps=train_steps, num_samples=0,
 #     model_kwargs={**BUDGET.model_kwargs(), "skip_connections": False, "base_channels": 18},
+#     min_snr_gamma=None,
 # )
 # runs["wider, without skips"] = Trainer(config, data, progress=False)
 # runs["wider, without skips"].train()
 # ```
 #
-# then rerun the cells of sections 5 to 7 (the loops go over `runs`). Does the gap close?
+# then rerun the cells after section 5's training cell, through section 7 (they loop over `runs`;
+# the training cell itself would start `runs` afresh). Does the gap close?
 
 # %% [markdown]
 # ## Next
 #
-# We have a network and a trainer, and a third of the cpu budget already gives digits. Chapter 05
-# trains for real: the full budget, EMA weights, mixed precision on a GPU, checkpoints and resuming.
+# We have a network and a trainer, and a sixth of the cpu budget already gives some digits. Chapter
+# 05 trains for real: the full budget, EMA weights, bf16 mixed precision where the hardware pays
+# for it, checkpoints and resuming.

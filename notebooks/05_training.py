@@ -18,7 +18,7 @@
 # | budget | where | how long | what you get |
 # |---|---|---|---|
 # | `smoke` | tests and CI | seconds | a tiny model that learns nothing; only checks that every cell runs |
-# | `cpu` | a laptop, 2 cores | 20-30 minutes of training | digits the probe of section 7 recognises (90 %) |
+# | `cpu` | a laptop, 2 cores | 17-25 minutes of training | digits the probe of section 7 recognises (90 %) |
 # | `gpu` | one GPU | a few minutes | sharp digits, a 24x larger network |
 #
 # The outputs stored in this notebook come from the `cpu` budget on a 2-core machine (section 6
@@ -264,7 +264,7 @@ print(f"weight 1 from t = {first} on ({100 * (1 - first / len(snr)):.0f} % of th
 #   the score): over 3,600 steps, 81 % confident digits with the decay from a peak of 0.002, 71 %
 #   with the decay from 0.001 (the rate is then too small for too long), 79 % with a flat 0.001;
 #   over 6,000 steps, 90.8 % from a peak of 0.003 and 88.2 % from 0.002. The `cpu` budget decays
-#   from 0.003 over 10,000 steps.
+#   from 0.003 over 7,000 steps.
 # - **Gradient clipping** at global norm 1 (`grad_clip`): when the gradient of all weights together
 #   is longer than 1, it is scaled down to length 1, so that one unlucky batch cannot throw the
 #   weights far away.

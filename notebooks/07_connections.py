@@ -393,7 +393,7 @@ viz.frames_slider(frames[keep].float(), [frame_levels[k] for k in keep], schedul
 # annealed Langevin dynamics (levels $\times$ 10 evaluations), and DDIM (`ddim_sample` with
 # $\eta = 0$, chapter 06) with 50 and with 10 steps. The columns are those of `metrics.toy_report`:
 # modes reached, the share of samples within 3 standard deviations of a mode (the data's own share
-# is 98.9 %), and MMD$^2$ to the data, whose floor for this sample size is printed below the table.
+# is 98.7 %), and MMD$^2$ to the data, whose floor for this sample size is printed below the table.
 
 # %% tags=["nbval-ignore-output"]
 n_toy = BUDGET.toy_num_samples
@@ -443,7 +443,7 @@ print(f"{'data':12}{'(fresh draw: the floor)':32}{'':>7}{floor.data_modes_hit:>5
 #   \epsilon_\theta\Big) = \frac{1}{\sqrt{\alpha_t}}\big(x_t + \beta_t\, s_\theta(x_t, t)\big).$$
 #
 # Ancestral sampling is a gradient step on $\log q_t$ of size $\beta_t$, a rescaling, and noise of
-# variance $\sigma_t^2 \approx \beta_t$: Langevin-like, but with twice Langevin's drift
+# variance $\tilde\beta_t \approx \beta_t$: Langevin-like, but with twice Langevin's drift
 # ($\beta_t$ instead of $\beta_t/2$). The extra half-step is what moves the distribution from $q_t$
 # to $q_{t-1}$, where a Langevin step would leave it at $q_t$. Song et al. (2021) make this precise:
 # the reverse chain discretises the reverse-time SDE of the forward process (the *predictor*), and
@@ -483,7 +483,7 @@ print("eq. 11 equals (x_t + beta_t * score) / sqrt(alpha_t):", torch.allclose(eq
 #
 # For that we need a digit model. The package's trainer trains the small U-Net of the run budget
 # on glyph digits (chapter 05): seconds under `smoke` (where the samples are noise and the numbers
-# mean nothing), about three minutes under `cpu` (1,000 steps; blurry but mostly recognisable
+# mean nothing), about five minutes under `cpu` (1,000 steps; blurry but mostly recognisable
 # digits), and the budget's full run under `gpu`.
 
 # %% tags=["nbval-ignore-output"]

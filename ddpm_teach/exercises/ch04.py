@@ -302,9 +302,10 @@ def _(size, k):
 
 @downsampled_size.mistake(
     "dropped-term",
-    "your size is floor((n - 1) / 2) per layer, one short for even n: either the padding "
-    "(2 * 1 pixels) or the final + 1 of floor((n + 2 * padding - kernel) / stride) + 1 is "
-    "missing. With padding 1, kernel 3, stride 2: 28 -> 14 -> 7 -> 4.",
+    "your size is floor((n - 1) / 2) per layer, one short for every n (28 -> 13, 7 -> 3): "
+    "either the padding (2 * 1 pixels) or the final + 1 of "
+    "floor((n + 2 * padding - kernel) / stride) + 1 is missing. With padding 1, kernel 3, "
+    "stride 2: 28 -> 14 -> 7 -> 4.",
 )
 def _(size, k):
     return _iterate(size, k, lambda n: (n - 1) // 2)
