@@ -546,8 +546,9 @@ def frames_slider(
         frames: a stack (F, B, ...) or a sequence of F batches (B, ...), each batch images
             (B, C, H, W) in [-1, 1] or 2-D points (B, 2). A mapping name -> stack shows several
             panels side by side, driven by the one slider (e.g. forward vs reverse).
-        ts: the step index (0..T-1) of each frame, F entries; ``None`` marks the clean data x_0.
-            A reverse trajectory x_T, ..., x_1, x_0 is ``[T-1, ..., 0, None]``.
+        ts: the step index (0..T-1) of each frame, F entries; ``None`` marks the clean data x_0
+            and -1 the x_0 a sampler ends on. A reverse trajectory x_T, ..., x_1, x_0 is
+            ``[T-1, ..., 0, -1]``, as in ``Trajectory.timesteps``.
         schedule: adds alpha_bar_t and the SNR to the captions; a mapping gives each panel its
             own schedule (same keys as ``frames``).
         kind: "auto", "image" or "points" (see :data:`KINDS`).

@@ -538,10 +538,9 @@ print(
 )
 
 # %%
-ts = [None if t == -1 else t for t in trajectory.timesteps]  # -1 marks the final x_0
 frames_slider(
     trajectory.xs[:, :1000],
-    ts,
+    trajectory.timesteps,  # T-1, ..., 0, then -1 for the sample x_0 the chain ends on
     trainer.schedule,
     lim=3.5,
     title="Diffusion sampling: from x_T to x_0",
@@ -646,8 +645,8 @@ plt.show()
 #   floor of $-0.0005$: as far as this ruler can tell, a sample of the data (the sliced Wasserstein
 #   distance, 0.098 against 0.091, is as close). It was trained with a plain regression loss, with
 #   about as many parameters as the others.
-# - **The price**: 1000 network calls per sample instead of 1; here about 8 s against 2 ms for
-#   2,000 points, thousands of times slower (timings depend on the machine). Chapter 06 trades some
+# - **The price**: 1000 network calls per sample instead of 1; here about 6 s against a few ms for
+#   2,000 points, about a thousand times slower (timings depend on the machine). Chapter 06 trades some
 #   quality for speed with DDIM, which reuses the same network with far fewer steps.
 #
 # These are single runs with one seed each, at one budget: a different seed or a longer run would

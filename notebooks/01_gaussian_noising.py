@@ -241,7 +241,7 @@ frames_slider(
 # %%
 alpha_bars = schedule.alpha_bars
 for t in (0, 99, 299, 499, 699, 999):
-    print(f"t = {t:3d}   alpha_bar_t = {alpha_bars[t].item():.3g}")
+    print(f"t = {t:3d}   alpha_bar_t = {alpha_bars[t].item():.4g}")  # 4 digits: 0.9999 is not 1
 
 # %% [markdown]
 # What if we added the noise **without** shrinking first, $x_t = x_{t-1} + \sqrt{\beta_t}\,\epsilon$?

@@ -469,7 +469,7 @@ def x0_predictions(model, schedule, traj):
     return torch.stack(out)
 
 
-frame_ts = [None if s < 0 else s for s in traj_exact.timesteps]  # None = the data frame
+frame_ts = traj_exact.timesteps  # T-1, ..., 0, then -1: the sample x_0 the chain ends on
 shown = slice(0, 600)  # the sliders draw the first 600 chains, to keep the notebook small
 viz.frames_slider(
     {
@@ -923,6 +923,8 @@ check("l-simple", l_simple)
 # - Run the exact reverse chain of section 5 with `variance="large"`. The 1-D numbers hardly move;
 #   why, given the right-hand plot of section 2?
 # - Train with `TrainConfig.from_budget("eight-gaussians", BUDGET, num_samples=0, prediction="v")`
-#   and sample with `ddpm_sample(..., prediction="v")`. Does the error plot of section 8 change?
+#   and sample with `ddpm_sample(..., prediction="v")`. To compare it in section 8, convert its
+#   output to a noise prediction first: `schedule.to_eps(mlp(x_t, t_batch), x_t, t_batch, "v")` in
+#   place of `mlp(x_t, t_batch)`. Does the error plot change?
 # - In section 3, replace the bimodal $q_{t-1}$ by a single Gaussian. The reverse step is then
 #   exactly Gaussian for every $\beta$: check that the total-variation distance stays at zero.
