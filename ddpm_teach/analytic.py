@@ -57,8 +57,10 @@ class GaussianMixture:
                 f"weights and means: expected shapes (K,) and (K, d), got {tuple(w.shape)} and "
                 f"{tuple(mu.shape)}"
             )
-        if (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"weights: expected non-negative numbers with a positive sum, got {w}")
+        if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(
+                f"weights: expected finite non-negative numbers with a positive sum, got {w}"
+            )
         k, d = mu.shape
         c = torch.as_tensor(covs, dtype=torch.float64)
         if c.ndim == 0:  # one std for all

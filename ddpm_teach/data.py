@@ -10,7 +10,7 @@ Conventions, shared by every loader here:
 
 * 2-D toy data: float32 tensors of shape (n, 2), roughly unit scale (coordinates within about +-3).
 * Images: float32 tensors of shape (N, C, H, W) scaled to [-1, 1] (background -1), the range the
-  DDPM paper uses (section 4: "data scaled linearly to [-1, 1]"); labels int64 of shape (N,).
+  DDPM paper uses (section 3.3: "data scaled linearly to [-1, 1]"); labels int64 of shape (N,).
 * Randomness: every generator takes a ``seed`` and draws from its own ``torch.Generator``; the
   global RNG is never touched, so the same seed gives the same data anywhere.
 

@@ -18,9 +18,11 @@ and schedulers apart.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -163,7 +165,8 @@ def ddim_step(
     """
     if not 0.0 <= eta:
         raise ValueError(f"eta: expected a non-negative number (0 = deterministic), got {eta}")
-    t_prev = _check_t_prev(t_prev, schedule.check_t(t, x_t.shape[0] if x_t.ndim else None))
+    batch = x_t.shape[0] if x_t.ndim else None
+    t_prev = _check_t_prev(t_prev, schedule.check_t(t, batch), batch)
     x0_hat = schedule.predict_x0_from_eps(x_t, t, eps)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
@@ -181,8 +184,9 @@ def ddim_step(
     return x_prev
 
 
-def _check_t_prev(t_prev: int | Tensor, t: Tensor) -> int | Tensor:
-    """Validate t_prev against the checked t; an int (the samplers' case) is returned as is."""
+def _check_t_prev(t_prev: int | Tensor, t: Tensor, batch_size: int | None) -> int | Tensor:
+    """Validate t_prev against the checked t (one entry, or one per batch element); an int (the
+    samplers' case) is returned as is, a tensor as a 1-D int64 tensor on the CPU."""
     if isinstance(t_prev, int) and not isinstance(t_prev, bool) and t.numel() == 1:
         if not -1 <= t_prev < int(t):
             raise ValueError(
@@ -193,9 +197,13 @@ def _check_t_prev(t_prev: int | Tensor, t: Tensor) -> int | Tensor:
     t_prev = torch.as_tensor(t_prev)
     if t_prev.dtype.is_floating_point or t_prev.dtype == torch.bool:
         raise TypeError(f"t_prev: expected an int or an integer tensor, got dtype {t_prev.dtype}")
-    t_prev = t_prev.reshape(-1).long()
-    if t_prev.numel() not in (1, t.numel()) and t.numel() != 1:
-        raise ValueError(f"t_prev: expected {t.numel()} entries like t, got {t_prev.numel()}")
+    t_prev = t_prev.reshape(-1).long().cpu()  # compared with t, and gathered on the CPU
+    batch = t.numel() if batch_size is None else batch_size
+    mismatched = t.numel() > 1 and t_prev.numel() > 1 and t.numel() != t_prev.numel()
+    if t_prev.numel() not in (1, batch) or mismatched:
+        raise ValueError(
+            f"t_prev: expected one entry or one per batch element ({batch}), got {t_prev.numel()}"
+        )
     if (t_prev < -1).any() or (t_prev >= t.cpu()).any():
         raise ValueError(
             f"t_prev: expected -1 <= t_prev < t (-1 means x_0), got t_prev={t_prev.tolist()} "
@@ -280,7 +288,7 @@ def ddpm_sample(
         x = ddpm_step(
             schedule, eps, x, step, variance=variance, clip_x0=clip_x0, generator=generator
         )
-        keep(i, x, x0_hat, step - 1)
+        keep(i, x, x0_hat.clamp(-1, 1) if clip_x0 and keep.enabled else x0_hat, step - 1)
     return keep.result(x)
 
 
@@ -289,18 +297,27 @@ def ddim_timesteps(num_train_steps: int, num_steps: int, spacing: str = "trailin
 
     "trailing" (default) starts at T-1 exactly, so x_T ~ N(0, I) is a faithful start (Lin et al. 2024);
     "leading" is diffusers' default (0, k, 2k, ... reversed, k = T // num_steps); "linspace" rounds
-    an even grid over 0..T-1.
+    an even grid over 0..T-1. The grids are computed as diffusers computes them (numpy, float64),
+    so both visit the same steps.
     """
+    try:
+        if isinstance(num_steps, bool):
+            raise TypeError
+        num_steps = operator.index(num_steps)
+    except TypeError:
+        raise TypeError(f"num_steps: expected an int, got {num_steps!r}") from None
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(
             f"num_steps: expected 1..{num_train_steps} (the schedule's steps), got {num_steps}"
         )
     if spacing == "trailing":
-        ts = torch.arange(num_train_steps, 0, -num_train_steps / num_steps).round().long() - 1
+        # T, T - T/n, ..., T/n, minus 1. Cut to n entries: for some n (61 of T = 1000, say) the
+        # float range overshoots by one entry, which would round to step -1 (diffusers keeps it).
+        ts = np.round(np.arange(num_train_steps, 0, -num_train_steps / num_steps))[:num_steps] - 1
     elif spacing == "leading":
-        ts = torch.arange(num_steps).flip(0) * (num_train_steps // num_steps)
+        ts = np.arange(num_steps)[::-1] * (num_train_steps // num_steps)
     elif spacing == "linspace":
-        ts = torch.linspace(0, num_train_steps - 1, num_steps).round().long().flip(0)
+        ts = np.linspace(0, num_train_steps - 1, num_steps).round()[::-1]
     else:
         raise ValueError(f"spacing: expected 'trailing', 'leading' or 'linspace', got {spacing!r}")
     return [int(v) for v in ts]

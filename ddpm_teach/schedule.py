@@ -159,13 +159,15 @@ class NoiseSchedule:
         if x.ndim == 0:
             raise ValueError("x: expected a batch of shape (B, ...), got a scalar")
         if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.num_steps:
-            picked = values[t : t + 1]  # one step for the whole batch (the samplers): a view
+            # One step for the whole batch (the samplers): a slice, copied so that no caller can
+            # write into the table through it.
+            picked = values[t : t + 1].to(dtype=x.dtype, copy=True)
         else:
             # Gathered on the CPU, where the tables live. With t on the CPU (the trainer keeps
             # it there) nothing waits for the GPU: a non-blocking copy from pageable memory is
             # staged at once, while a blocking one would first wait for all queued GPU work.
-            picked = values[self.check_t(t, x.shape[0], name).cpu()]
-        out = picked.to(dtype=x.dtype).to(device=x.device, non_blocking=True)
+            picked = values[self.check_t(t, x.shape[0], name).cpu()].to(dtype=x.dtype)
+        out = picked.to(device=x.device, non_blocking=True)
         return out.reshape(-1, *([1] * (x.ndim - 1)))
 
     def at(self, values: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
@@ -244,7 +246,8 @@ class NoiseSchedule:
             x0, x_t: shape (B, ...).
             t: step index 0..T-1 of x_t; at t = 0 the posterior is a point mass at x0 (variance 0).
         Returns:
-            (mean of shape (B, ...), variance broadcastable to it, shape (B, 1, ..., 1)).
+            (mean of shape (B, ...), variance broadcastable to it, shape (B, 1, ..., 1), or
+            (1, 1, ..., 1) for an int t).
         """
         if x0.shape != x_t.shape:
             raise ValueError(

@@ -16,6 +16,9 @@ drawn from generators seeded by (seed, k) alone, and the data order is one fixed
 epoch seeded by (seed, epoch). So a run stopped at step k and resumed from its checkpoint replays
 exactly the same steps as a run that never stopped, and a run on W processes sees exactly the
 same global batches as a run on one (each process takes its contiguous slice of the batch).
+Exactly means on the same kind of device: a run may resume on another one, but CPU and CUDA draw
+different noise from the same seed, and on CUDA cuDNN picks its convolution kernels by timing
+them (``cudnn.benchmark``), so there a resumed run matches to rounding, not bit for bit.
 
 Distributed. Launched by ``torchrun`` (RANK and WORLD_SIZE set), the trainer joins the process
 group (NCCL on CUDA, gloo on CPU), wraps the network in ``DistributedDataParallel`` (which averages
@@ -35,6 +38,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import operator
 import os
 import tempfile
 import time
@@ -90,7 +94,8 @@ LR_DECAYS = ("none", "cosine")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Config fields that must match to resume a run; the others (train_steps, out_dir, intervals,
-# preview settings, compile, device) may change between the two halves.
+# preview settings, compile, device) may change between the two halves (another device continues
+# the run without replaying it exactly: see the module docstring).
 _RESUME_FIELDS = (
     "data",
     "data_size",
@@ -210,6 +215,8 @@ def min_snr_weight(
         float64 weights, shape (B,), on the CPU (where the schedule keeps its tables).
     """
     check_prediction(prediction)
+    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0 < gamma < math.inf):
+        raise ValueError(f"gamma: expected a positive number (5 in the paper), got {gamma!r}")
     snr = schedule.snr(t)
     capped = snr.clamp(max=gamma)
     if prediction == "eps":
@@ -804,8 +811,15 @@ class Trainer:
             NonFiniteLossError: the loss became NaN or infinite; nothing is saved after that.
         """
         cfg = self.config
-        if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
-            raise ValueError(f"num_steps: expected an int >= 0, got {num_steps!r}")
+        if num_steps is not None:
+            try:  # a float such as 2.5 would never meet the end step exactly
+                if isinstance(num_steps, bool):
+                    raise TypeError
+                num_steps = operator.index(num_steps)
+            except TypeError:
+                raise TypeError(f"num_steps: expected an int >= 0, got {num_steps!r}") from None
+            if num_steps < 0:
+                raise ValueError(f"num_steps: expected an int >= 0, got {num_steps!r}")
         end = cfg.train_steps if num_steps is None else self.step + num_steps
         if end <= self.step:
             return self.history

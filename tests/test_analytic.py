@@ -89,6 +89,8 @@ def test_bad_mixture_input():
         GaussianMixture([0.5, 0.5], [[0.0, 1.0]])
     with pytest.raises(ValueError, match="weights"):
         GaussianMixture([-1.0, 2.0], [[0.0], [1.0]])
+    with pytest.raises(ValueError, match="weights: expected finite"):
+        GaussianMixture([float("nan"), 1.0], [[0.0], [1.0]])
     with pytest.raises(ValueError, match="covs"):
         GaussianMixture([1.0], [[0.0, 1.0]], torch.ones(2, 2, 2))
     with pytest.raises(ValueError, match="positive semi-definite"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,6 +175,10 @@ def test_clip_x0_keeps_predictions_in_range():
     unclipped = ddpm_sample(model, schedule, (64, 1), g, dtype=torch.float64)
     clipped = ddpm_sample(model, schedule, (64, 1), g, clip_x0=True, dtype=torch.float64)
     assert unclipped.mean() > 2.5 and clipped.max() <= 1.0 + 1e-6
+    # A kept trajectory shows the x_0 predictions the steps used: clipped too, in both loops.
+    for sample in (ddpm_sample, functools.partial(ddim_sample, num_steps=10, eta=1.0)):
+        tr = sample(model, schedule, (64, 1), generator=g, clip_x0=True, return_trajectory=True)
+        assert tr.x0_preds.abs().max() <= 1.0 + 1e-6, sample
 
 
 # --------------------------------------------------------------------- peer: diffusers schedulers
@@ -197,6 +203,28 @@ def test_ddpm_step_matches_diffusers(variance):
         out = ddpm_step(ours, eps, x_t, t, noise=z, variance=variance)
         # diffusers computes in float32: compare to float32 precision.
         assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4), (t, (out - ref).abs().max())
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_ddim_timesteps_are_diffusers_and_never_overshoot(spacing):
+    """The grids match diffusers' DDIMScheduler step for step, and always have num_steps distinct
+    steps in 0..T-1: for 61 steps of 1000 (and 61 other counts) the trailing float range has one
+    entry too many, which diffusers keeps as step -1."""
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    for n in (1, 10, 20, 48, 50, 61, 100, 103, 999, 1000):
+        ts = ddim_timesteps(1000, n, spacing)
+        assert len(ts) == n and len(set(ts)) == n and 0 <= min(ts) and max(ts) <= 999
+        assert ts == sorted(ts, reverse=True)
+        sched.set_timesteps(n)
+        assert ts == [int(v) for v in sched.timesteps][:n], n
+    assert ddim_timesteps(1000, 61)[-1] == 15  # diffusers: [..., 32, 15, -1]
+    for T in (15, 100):  # every count for two short chains
+        for n in range(1, T + 1):
+            ts = ddim_timesteps(T, n)
+            assert len(set(ts)) == n and ts[0] == T - 1 and ts[-1] >= 0, (T, n)
+    with pytest.raises(TypeError, match="num_steps: expected an int"):
+        ddim_timesteps(1000, 2.5)
+    assert ddim_timesteps(1000, np.int64(20)) == ddim_timesteps(1000, 20)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
@@ -239,10 +267,19 @@ def test_int_step_equals_per_example_steps():
                 s, eps, x_t, full, torch.full((3,), t_prev), eta=0.7, noise=z, clip_x0=True
             )
             assert torch.equal(a, b), (t, t_prev)
+    # The int path slices the schedule's table: what it returns must be a copy.
+    coef = s.at(s.betas, 5, x_t.double())
+    coef.mul_(0)
+    assert s.betas[5] > 0
     with pytest.raises(ValueError, match="t_prev: expected -1 <= t_prev < t"):
         ddim_step(s, eps, x_t, 5, -2)
     with pytest.raises(ValueError, match="t_prev: expected -1 <= t_prev < t"):
         ddim_step(s, eps, x_t, torch.full((3,), 5), torch.full((3,), -2))
+    # A t_prev of the wrong length is named as such (not as a bad t, further down).
+    with pytest.raises(
+        ValueError, match=r"t_prev: expected one entry or one per batch element \(3\), got 2"
+    ):
+        ddim_step(s, eps, x_t, 5, torch.tensor([1, 2]))
 
 
 # ------------------------------------------------------------------------------- bad input

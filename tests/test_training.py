@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -123,6 +124,9 @@ def test_min_snr_weight_caps_the_x0_error_weight_at_gamma(prediction):
     if prediction == "eps":  # 1 wherever SNR <= gamma: only the nearly clean steps are damped
         assert torch.equal(w[s.snr(t) <= 5.0], torch.ones_like(w[s.snr(t) <= 5.0]))
         assert (w[s.snr(t) > 5.0] < 1).all() and w[0] < 1e-3
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="gamma: expected a positive number"):
+            min_snr_weight(s, t, prediction, gamma=bad)
 
 
 def test_trainer_loss_with_min_snr_is_the_weighted_mean():
@@ -447,6 +451,17 @@ def test_channels_last_trains_the_same_on_cpu():
     assert a.history[0][1] == pytest.approx(b.history[0][1], rel=1e-5)
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_train_takes_a_whole_number_of_steps():
+    tr = Trainer(toy_config(), progress=False)
+    with pytest.raises(TypeError, match=r"num_steps: expected an int >= 0, got 2\.5"):
+        tr.train(2.5)  # would run 3 steps and never reach step 2.5's read-out
+    with pytest.raises(ValueError, match="num_steps: expected an int >= 0, got -1"):
+        tr.train(-1)
+    assert tr.step == 0
+    tr.train(np.int64(5))  # any integer type
+    assert tr.step == 5 and tr.history[-1][0] == 5
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
