@@ -151,10 +151,18 @@ def make_student_notebook(nb: Any) -> Any:
 
 
 def leaked_lines(original: Any, student: Any) -> list[str]:
-    """Lines of solution bodies (not signature, docstring or imports) found in the student version."""
+    """Lines of solution bodies (not signature, docstring or imports) found in the student
+    version's other code cells. Not searched: markdown, the author's prose, and the stubs, whose
+    task text may quote a line on purpose (a hint such as "with half = dim // 2")."""
     import nbformat
 
-    text = nbformat.writes(student)
+    others = copy.deepcopy(student)
+    others.cells = [
+        cell
+        for cell in student.cells
+        if cell.cell_type == "code" and SOLUTION_TAG not in cell.metadata.get("tags", [])
+    ]
+    text = nbformat.writes(others)
     leaked = []
     for cell in original.cells:
         if cell.cell_type != "code" or SOLUTION_TAG not in cell.metadata.get("tags", []):
@@ -174,9 +182,9 @@ def write_student_versions(book: Book, out: str | Path, chapters: Sequence[str] 
     """Write the student version of each chapter (default: every ready one) into ``out``."""
     import nbformat
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    # Every chapter is made and checked before anything is written: a refusal leaves ``out`` as
+    # it was, not half of a course.
+    students = []
     for ch in book.select(chapters):
         original = nbformat.read(book.root / ch.notebook, as_version=4)
         try:
@@ -189,9 +197,13 @@ def write_student_versions(book: Book, out: str | Path, chapters: Sequence[str] 
                 f"{ch.notebook}: solution code also appears outside the solution cells, e.g. "
                 f"{leaked[0]!r}; the student version would give it away"
             )
-        path = out / ch.notebook.name
-        nbformat.write(student, path)
-        written.append(path)
+        students.append((ch.notebook.name, student))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, student in students:
+        nbformat.write(student, out / name)
+        written.append(out / name)
     return written
 
 

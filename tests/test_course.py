@@ -591,13 +591,34 @@ def test_student_command_writes_every_ready_chapter(tmp_path, capsys):
     assert all(line not in text for line in SECRET_LINES)
 
 
+def test_student_versions_of_the_real_course(tmp_path):
+    # The instructor's command on the chapters as they are: every ready one, nothing leaked.
+    book = load_book(REPO)
+    written = grading.write_student_versions(book, tmp_path)
+    assert [p.name for p in written] == [ch.notebook.name for ch in book.select(())]
+    for path in written:
+        student = nbformat.read(path, as_version=4)
+        original = nbformat.read(REPO / "notebooks" / path.name, as_version=4)
+        assert grading.leaked_lines(original, student) == []
+        stubs = [c for c in student.cells if "solution" in c.metadata.get("tags", [])]
+        assert all("raise NotImplementedError" in c.source for c in stubs), path.name
+
+
 def test_student_versions_refuse_to_leak_or_drop_code(tmp_path, capsys):
-    write_book(tmp_path / "repo", [chapter("01", "01_alpha")])
+    write_book(tmp_path / "repo", [chapter("01", "01_alpha"), chapter("02", "02_beta")])
+    save_pair(instructor_notebook(), tmp_path / "repo" / "notebooks" / "01_alpha.ipynb")
     nb = instructor_notebook()
     nb.cells.append(new_code_cell("one_step_share = 1.0 - betas  # copied from the solution"))
-    save_pair(nb, tmp_path / "repo" / "notebooks" / "01_alpha.ipynb")
+    nb.cells.append(new_markdown_cell("Hint: `one_step_share = 1.0 - betas` is half of it."))
+    save_pair(nb, tmp_path / "repo" / "notebooks" / "02_beta.ipynb")
     assert main(["--book", str(tmp_path / "repo"), "student", str(tmp_path / "out")]) == 1
-    assert "solution code also appears outside the solution cells" in capsys.readouterr().err
+    assert "02_beta.ipynb: solution code also appears outside the solution cells" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()  # checked before writing: no half-written course
+    nb.cells.pop(-2)  # the copied code cell; a hint in the prose is the author's choice
+    save_pair(nb, tmp_path / "repo" / "notebooks" / "02_beta.ipynb")
+    assert main(["--book", str(tmp_path / "repo"), "student", str(tmp_path / "out")]) == 0
     with pytest.raises(ValueError, match="line 3: only imports and function definitions"):
         grading.solution_stub("import torch\n\nX = torch.ones(3)\n")
 
