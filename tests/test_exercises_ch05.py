@@ -185,6 +185,37 @@ def test_ema_step_written_in_place_or_with_lerp_passes():
         assert check("ema-update", fn).passed, fn.__name__
 
 
+def test_wrong_in_place_ema_updates_get_their_own_diagnosis():
+    # The check hands each call its own copies of the dicts: a wrong update written in place
+    # must not turn the case's ema into its own answer (then every such mistake read "unchanged").
+    def swapped_in_place(ema, params, decay):
+        for k in ema:
+            ema[k].lerp_(params[k], decay)
+        return ema
+
+    def missing_one_minus_in_place(ema, params, decay):
+        for k in ema:
+            ema[k].mul_(decay).add_(params[k])
+        return ema
+
+    assert check("ema-update", swapped_in_place).mistake == "weights-swapped"
+    assert check("ema-update", missing_one_minus_in_place).mistake == "missing-one-minus-decay"
+
+
+def test_ema_outputs_of_the_wrong_form_are_named():
+    as_list = check("ema-update", lambda ema, params, decay: [ema[k] for k in ema])
+    assert not as_list.passed and as_list.mistake == "type"
+    assert "returned a list of 3; expected a dict with the keys of `ema`." in as_list.message
+
+    def weights_only(ema, params, decay):
+        return {k: decay * ema[k] + (1 - decay) * params[k] for k in ema if k != "conv.bias"}
+
+    partial = check("ema-update", weights_only)
+    assert (
+        not partial.passed and "keys differ from `ema`'s (missing 'conv.bias')" in partial.message
+    )
+
+
 def test_ema_check_messages_describe_dicts_briefly():
     result = check("ema-update", lambda ema, params, decay: {k: ema[k] @ params[k] for k in ema})
     assert result.mistake == "exception"

@@ -51,6 +51,7 @@ __all__ = [
     "CheckResult",
     "Exercise",
     "Mistake",
+    "OutputFormError",
     "check",
     "exercise",
     "exercises_for_chapter",
@@ -150,12 +151,15 @@ class Exercise:
     # ------------------------------------------------------------------ running a check
     def _call(self, fn: Callable, case: dict[str, Any]) -> Any:
         # Positional, so a student who renames a parameter is not failed for it; fresh copies, so
-        # a function that writes into its inputs cannot spoil the next call.
-        args = [v.clone() if isinstance(v, Tensor) else v for v in case.values()]
+        # a function that writes into its inputs (dicts of tensors included) cannot spoil the
+        # next call, nor the mistake models run on the same case afterwards.
+        args = [_fresh(v) for v in case.values()]
         out = fn(*args)
         if self.normalize is not None:
             try:
                 out = self.normalize(out)
+            except OutputFormError:  # the exercise knows what is wrong with the output: say so
+                raise
             except Exception:  # a malformed output is reported by the comparison instead
                 pass
         return out
@@ -169,6 +173,12 @@ class Exercise:
         for i, case in enumerate(cases):
             try:
                 got.append(self._call(fn, case))
+            except OutputFormError as err:
+                return self._result(
+                    False,
+                    f"❌ on test input {i + 1} of {len(cases)} ({_describe(case)}), {name} {err}",
+                    "type",
+                )
             except NotImplementedError:
                 return self._result(
                     False,
@@ -224,6 +234,20 @@ class Exercise:
 
     def _result(self, passed: bool, message: str, mistake: str | None = None) -> CheckResult:
         return CheckResult(self.id, passed, message, mistake)
+
+
+class OutputFormError(ValueError):
+    """Raised by an exercise's ``normalize`` when an output has the wrong form; its message (e.g.
+    "returned a list of 3; expected a dict with the keys of `ema`") is shown to the student."""
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of a case's argument that the function under test may modify freely."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return type(value)((k, _fresh(v)) for k, v in value.items())
+    return value
 
 
 def _is_random(ex: Exercise, fn: Callable, case: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..schedule import NoiseSchedule
 from ..training import Trainer, ema_update
-from . import exercise
+from . import OutputFormError, _kind, exercise
 from ._inputs import _alpha_bars, _at, _schedules
 
 # ------------------------------------------------------------------------------ L_simple (eq. 14)
@@ -188,10 +188,18 @@ def _ema_cases() -> list[dict[str, Any]]:
 
 
 def _ema_as_tuple(out: Any) -> Any:
-    # Compare entry by entry, in a fixed key order.
-    if isinstance(out, Mapping):
-        return tuple(out[k] for k in _EMA_KEYS)
-    return out
+    # Compare entry by entry, in a fixed key order; anything but a dict with ema's keys is named.
+    if not isinstance(out, Mapping):
+        raise OutputFormError(f"returned {_kind(out)}; expected a dict with the keys of `ema`.")
+    missing = [k for k in _EMA_KEYS if k not in out]
+    extra = [k for k in out if k not in _EMA_KEYS]
+    problems = [f"missing {', '.join(map(repr, missing))}"] if missing else []
+    problems += [f"extra {', '.join(map(repr, extra))}"] if extra else []
+    if problems:
+        raise OutputFormError(
+            f"returned a dict whose keys differ from `ema`'s ({'; '.join(problems)})."
+        )
+    return tuple(out[k] for k in _EMA_KEYS)
 
 
 @exercise(
