@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by ddpm_teach.train")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="default ddpm")
-    p.add_argument("--steps", type=int, help="sampling steps (default: T for ddpm, 50 for ddim)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise, 0..1 (default 0)")
+    p.add_argument(
+        "--steps", type=int, help="sampling steps (default: T for ddpm, 50 or T if less for ddim)"
+    )
+    p.add_argument("--eta", type=float, help="DDIM noise, 0..1 (default 0; ddim only)")
     p.add_argument("--n", type=int, help="samples (default 64 images or 2000 points)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--gif", help="also write the reverse trajectory as this GIF")
@@ -85,7 +87,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint: no file at {args.checkpoint}")
+    if args.eta is not None and args.sampler != "ddim":
+        parser.error("--eta: only for --sampler ddim (DDPM's ancestral steps are eta = 1)")
+    eta = 0.0 if args.eta is None else args.eta
+    if not 0.0 <= eta <= 1.0:  # NaN fails too
+        parser.error(f"--eta: expected a number in 0..1 (0 = deterministic), got {args.eta}")
+    # Checked before anything is sampled: a bad file name would otherwise fail at the end.
+    from PIL import Image
+
+    if Path(args.out).suffix.lower() not in Image.registered_extensions():
+        parser.error(f"--out: expected an image file name such as samples.png, got {args.out}")
+    if args.gif and Path(args.gif).suffix.lower() != ".gif":
+        parser.error(f"--gif: expected a file name ending in .gif, got {args.gif}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device: {device} asked for, but CUDA is not available here")
+    except RuntimeError:
+        parser.error(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
     model, ema, schedule, config = load_checkpoint(args.checkpoint, map_location=device)
     net = model if args.raw else ema
     # mmap: read only the entry needed, not the weights a second time.
@@ -94,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_image = len(data_shape) == 3
     n = args.n if args.n is not None else (64 if is_image else 2000)
     T = schedule.num_steps
-    steps = args.steps if args.steps is not None else (T if args.sampler == "ddpm" else 50)
+    steps = args.steps if args.steps is not None else (T if args.sampler == "ddpm" else min(50, T))
     if n < 1:
         parser.error(f"--n: expected a positive number of samples, got {n}")
     if not 1 <= steps <= T:
@@ -116,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sampler == "ddpm" and steps == T:
         result = ddpm_sample(net, schedule, (n, *data_shape), **common)
     else:
-        eta = 1.0 if args.sampler == "ddpm" else args.eta
+        eta = 1.0 if args.sampler == "ddpm" else eta
         result = ddim_sample(net, schedule, (n, *data_shape), num_steps=steps, eta=eta, **common)
     seconds = time.perf_counter() - start
     samples = (result.sample if isinstance(result, Trajectory) else result).cpu()
@@ -127,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gif:
         from .viz import save_gif
 
-        # -1 marks the final sample x_0; viz captions None as x_0.
-        ts = [None if t < 0 else t for t in result.timesteps]
+        ts = result.timesteps  # -1 at the end: viz captions it as the sample x_0
         lim = 3.0 if not is_image else None
         save_gif(list(result.xs), ts, args.gif, schedule=schedule, lim=lim)
         print(f"wrote {args.gif}: {len(ts)} frames of the reverse trajectory")

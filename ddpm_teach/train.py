@@ -130,12 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps: expected a positive number of optimiser steps, got {args.steps}")
     try:
         config = config_from_args(args)
-    except (ValueError, TypeError) as err:
+        start = time.perf_counter()
+        # Building the trainer checks the rest (T, device, a checkpoint to resume, --out): a bad
+        # value is a usage error, not a traceback.
+        trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, FileExistsError) as err:
         parser.error(str(err))
-    start = time.perf_counter()
-    trainer = Trainer(config, resume=args.resume, progress=not args.no_progress)
     try:
         if trainer.is_main:
             print(

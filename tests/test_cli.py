@@ -104,9 +104,50 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample_cli.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", "x.png"])
     assert "--checkpoint: no file at" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="resume: no checkpoint at"):
-        train_cli.main(["--data", "moons", "--budget", "smoke", "--out", str(tmp_path / "new"),
-                        "--resume", "--device", "cpu"])  # fmt: skip
+    # What only building the trainer finds out is a usage error too, not a traceback.
+    for extra, message in [
+        (["--resume"], "resume: no checkpoint at"),
+        (["--timesteps", "5"], "use T >= 21"),
+        (["--device", "foo"], "foo"),
+        (["--steps", "0"], "--steps: expected a positive number of optimiser steps, got 0"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            train_cli.main(["--data", "moons", "--budget", "smoke", "--out", str(tmp_path / "new"),
+                            "--device", "cpu", *extra])  # fmt: skip
+        assert e.value.code == 2 and message in capsys.readouterr().err, extra
+
+
+def test_sample_cli_checks_its_arguments_before_sampling(tmp_path, capsys):
+    out = tmp_path / "short"
+    assert train_cli.main(["--data", "moons", "--budget", "smoke", "--out", str(out), "--steps",
+                           "2", "--timesteps", "30", "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    ckpt, png = str(out / "last.pt"), str(tmp_path / "s.png")
+    capsys.readouterr()
+    # DDIM's default of 50 steps is cut to a shorter chain's T.
+    assert sample_cli.main(["--checkpoint", ckpt, "--sampler", "ddim", "--out", png, "--n", "8",
+                            "--device", "cpu"]) == 0  # fmt: skip
+    assert "ddim with 30 steps" in capsys.readouterr().out
+    for extra, message in [
+        (["--sampler", "ddim", "--eta", "2"], "--eta: expected a number in 0..1"),
+        (["--sampler", "ddim", "--eta", "nan"], "--eta: expected a number in 0..1"),
+        (["--eta", "0.5"], "--eta: only for --sampler ddim"),
+        (["--out", str(tmp_path / "noext")], "--out: expected an image file name"),
+        (["--gif", str(tmp_path / "t.png")], "--gif: expected a file name ending in .gif"),
+        (["--device", "foo"], "--device: expected cpu, cuda or cuda:N, got 'foo'"),
+    ]:
+        argv = ["--checkpoint", ckpt, "--out", png, "--n", "8", "--device", "cpu", *extra]
+        with pytest.raises(SystemExit) as e:
+            sample_cli.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, extra
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            sample_cli.main(["--checkpoint", ckpt, "--out", png, "--device", "cuda"])
+        assert "CUDA is not available here" in capsys.readouterr().err
+    # The GIF's last frame is the sample, captioned as such (not as the data).
+    gif = tmp_path / "t.gif"
+    assert sample_cli.main(["--checkpoint", ckpt, "--out", png, "--n", "8", "--device", "cpu",
+                            "--gif", str(gif)]) == 0  # fmt: skip
+    assert gif.is_file()
 
 
 def test_min_snr_gamma_and_compile_flags(capsys):
