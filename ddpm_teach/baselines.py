@@ -253,6 +253,8 @@ def train_gan(
     Raises:
         FloatingPointError: a loss became NaN or infinite (naming the step).
     """
+    if gan is not None and not isinstance(gan, GAN):  # before gan.dim is read below
+        raise TypeError(f"gan: expected a GAN, got {type(gan).__name__}")
     data = _check_data(data, gan.dim if gan is not None else None)
     _check_int("steps", steps, 0)
     _check_int("batch_size", batch_size, 1)
@@ -261,8 +263,6 @@ def train_gan(
     lr_g, lr_d = _check_positive("lr_g", lr_g), _check_positive("lr_d", lr_d)
     if gan is None:
         gan = GAN(dim=data.shape[1], seed=seed)
-    elif not isinstance(gan, GAN):
-        raise TypeError(f"gan: expected a GAN, got {type(gan).__name__}")
     batch_size = min(batch_size, len(data))
     device = next(gan.parameters()).device
     data = data.to(device)
@@ -496,6 +496,8 @@ def train_vae(
     Raises:
         FloatingPointError: the loss became NaN or infinite (naming the step).
     """
+    if vae is not None and not isinstance(vae, VAE):  # before vae.dim is read below
+        raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
     data = _check_data(data, vae.dim if vae is not None else None)
     _check_int("steps", steps, 0)
     _check_int("batch_size", batch_size, 1)
@@ -506,8 +508,6 @@ def train_vae(
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if vae is None:
         vae = VAE(dim=data.shape[1], seed=seed)
-    elif not isinstance(vae, VAE):
-        raise TypeError(f"vae: expected a VAE, got {type(vae).__name__}")
     batch_size = min(batch_size, len(data))
     device = next(vae.parameters()).device
     data = data.to(device)

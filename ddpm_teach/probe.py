@@ -507,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
+    for name in ("epochs", "digits", "junk", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected a positive number, got {getattr(args, name)}")
 
     torch.set_num_threads(args.threads)
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -288,14 +288,25 @@ class UNet(nn.Module):
             raise TypeError(
                 f"attention_levels: expected a sequence of ints, got {attention_levels!r}"
             )
-        attn_levels = sorted({operator.index(a) for a in attention_levels})
+        try:
+            if any(isinstance(a, bool) for a in attention_levels):
+                raise TypeError
+            attn_levels = sorted({operator.index(a) for a in attention_levels})
+        except TypeError:
+            raise TypeError(
+                f"attention_levels: expected a sequence of ints, got {attention_levels!r}"
+            ) from None
         bad = [a for a in attn_levels if not 0 <= a < num_levels]
         if bad:
             raise ValueError(
                 f"attention_levels: levels must lie in 0..{num_levels - 1} for "
                 f"{num_levels} channel_mults; got {bad}"
             )
-        if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0.0 <= dropout < 1.0
+        ):
             raise ValueError(f"dropout: expected a rate in [0, 1), got {dropout!r}")
         out_channels = in_channels if out_channels is None else out_channels
         out_channels = _positive_int(out_channels, "out_channels")

@@ -168,11 +168,12 @@ def image_grid(
     Args:
         images: (N, C, H, W) with C = 1 or 3, values in [-1, 1] (the model's data range);
             values outside are clipped, so noisy x_t saturate rather than wrap.
-        nrow: images per row; default ceil(sqrt(N)), a near-square grid.
+        nrow: images per row (at most N); default ceil(sqrt(N)), a near-square grid.
         pad: pixels of border around and between images.
         pad_value: colour of the border, in the same [-1, 1] units (1 = white).
     Returns:
-        uint8 array (H', W', C) with H' = rows*H + (rows+1)*pad, W' = nrow*W + (nrow+1)*pad;
+        uint8 array (H', W', C) with H' = rows*H + (rows+1)*pad, W' = n*W + (n+1)*pad for
+        n = min(nrow, N) images per row;
         -1 maps to 0 and 1 to 255.
     """
     x = _to_numpy(images, "images")
@@ -579,8 +580,16 @@ def frames_slider(
     if len(counts) != 1:
         raise ValueError(f"frames: every panel needs the same number of frames, got {counts}")
     num_frames = counts.pop()
-    first = next(iter(stacks.values()))
-    kind = _resolve_kind(first[0].shape, kind, "frames")
+    kinds = {
+        name: _resolve_kind(s[0].shape, kind, f"frames[{name!r}]" if name else "frames")
+        for name, s in stacks.items()
+    }
+    if len(set(kinds.values())) != 1:
+        raise ValueError(
+            f"frames: every panel must hold the same kind of data (images or 2-D points), got "
+            f"{kinds}"
+        )
+    kind = next(iter(kinds.values()))
     if kind == "points" and lim is None:
         lim = _points_lim([f for s in stacks.values() for f in s])  # shared by all panels
     checked = {name: _check_ts(ts, num_frames, schedules[name]) for name in panels}
@@ -616,7 +625,7 @@ def forward_frames(
     Args:
         x0: clean data (B, ...), images in [-1, 1] or 2-D points.
         ts: the step indices; default ``num_frames - 1`` of them (``num_frames`` without the
-            data frame) spread evenly over 0..T-1, always including 0 and T-1.
+            data frame) spread evenly over 0..T-1, from 0 to T-1 whenever there are two or more.
         seed: seeds the noise draw, so the same call gives the same frames.
         include_data: put the clean data first, with t = None ("data").
     Returns:

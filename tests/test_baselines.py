@@ -230,6 +230,10 @@ def test_bad_arguments_are_named(data):
         train_gan(data, 1, lr_d=0.0)
     with pytest.raises(TypeError, match="gan: expected a GAN"):
         train_gan(data, 1, VAE())
+    with pytest.raises(TypeError, match="gan: expected a GAN, got Linear"):  # no .dim to read
+        train_gan(data, 1, torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="vae: expected a VAE, got Linear"):
+        train_vae(data, 1, vae=torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="beta: expected a finite number >= 0"):
         train_vae(data, 1, beta=-1.0)
     with pytest.raises(ValueError, match="log_every: expected an int >= 1"):

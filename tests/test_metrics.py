@@ -409,3 +409,12 @@ def test_standard_fid_says_what_to_install(monkeypatch):
         standard_fid(images, images, backend="torchmetrics")
     with pytest.raises(ValueError, match="backend"):
         standard_fid(images, images, backend="inception")
+
+
+def test_probe_cli_refuses_non_positive_sizes_before_training(capsys):
+    from ddpm_teach import probe
+
+    for flag in ("--threads", "--epochs", "--digits", "--junk"):
+        with pytest.raises(SystemExit):
+            probe.main([flag, "0", "--out", "/nonexistent/never-written.pt"])
+        assert f"{flag}: expected a positive number, got 0" in capsys.readouterr().err

@@ -198,6 +198,10 @@ def test_bad_input_errors():
         (dict(channel_mults=()), "channel_mults"),
         (dict(num_res_blocks=0), "num_res_blocks"),
         (dict(dropout=1.0), "dropout"),
+        (dict(dropout="0.5"), "dropout"),
+        (dict(dropout=None), "dropout"),
+        (dict(attention_levels=(True,)), "attention_levels"),  # a bool is not a level
+        (dict(attention_levels=(1.0,)), "attention_levels"),
         (dict(norm_groups=5), "norm_groups"),  # 5 does not divide 16
         (dict(base_channels=24, norm_groups=16), "norm_groups"),
     ],

@@ -270,6 +270,20 @@ def test_frames_slider_for_a_reverse_trajectory() -> None:
         ),
         (lambda s: viz.frames_slider(torch.zeros(1, 4, 2), [0], fps=0), ValueError, "fps:"),
         (
+            lambda s: viz.frames_slider(
+                {"a": [torch.zeros(4, 1, 8, 8)], "b": [torch.zeros(9, 3)]}, [0]
+            ),
+            ValueError,
+            r"frames\['b'\]: expected images",
+        ),
+        (
+            lambda s: viz.frames_slider(
+                {"a": [torch.zeros(4, 1, 8, 8)], "b": [torch.zeros(9, 2)]}, [0]
+            ),
+            ValueError,
+            "every panel must hold the same kind of data",
+        ),
+        (
             lambda s: viz.frames_slider(torch.zeros(1, 1, 1, 4, 4), [0], scale=0),
             ValueError,
             "scale:",
