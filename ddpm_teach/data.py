@@ -33,6 +33,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple
@@ -654,7 +655,12 @@ def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None) ->
     path = Path(path)
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt download
+            raise ValueError(
+                f"{path}: not a complete gzip file ({err}); delete it and download it again"
+            ) from None
     if len(data) < 4:
         raise ValueError(f"{path}: not an IDX file (only {len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
@@ -745,6 +751,10 @@ _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
 
 
+class _NotData(pickle.UnpicklingError):
+    """A pickle that names a class or function beyond plain data: refused, never run."""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts of lists and numpy arrays, nothing else: a pickle can run arbitrary code."""
 
@@ -760,14 +770,20 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(
-                f"CIFAR batch refers to {module}.{name}, which is not data"
-            )
+            raise _NotData(f"CIFAR batch refers to {module}.{name}, which is not data")
         return super().find_class(module, name)
 
 
 def _read_cifar_batch(f: io.IOBase, name: str) -> tuple[np.ndarray, np.ndarray]:
-    batch = _ArrayUnpickler(f, encoding="bytes").load()
+    try:
+        batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except _NotData:
+        raise
+    except (EOFError, pickle.UnpicklingError, OSError, tarfile.TarError) as err:  # cut short
+        raise ValueError(
+            f"{name}: not a complete CIFAR-10 batch ({type(err).__name__}: {err}); delete the "
+            "extracted folder or the archive and extract or download it again"
+        ) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{name}: expected a CIFAR-10 batch, a dict with b'data' and b'labels'")
     data = np.asarray(batch[b"data"], dtype=np.uint8)

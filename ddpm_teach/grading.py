@@ -32,6 +32,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -249,12 +250,15 @@ def grade_notebook(
     status: list[tuple[str, bool, str]] = []
     try:
         nb = nbformat.read(path, as_version=4)
+        with warnings.catch_warnings():  # old notebooks without cell ids are fine to grade
+            warnings.filterwarnings("ignore", message="Cell is missing an id field")
+            nbformat.validate(nb)  # read() only logs schema errors; a cell without source crashes
+        expected += [i for i in _check_ids(nb) if i not in expected]
     except Exception as err:
         reason = _one_line(f"{type(err).__name__}: {err}", 200)
         return [("*", False, f"not a readable notebook ({reason})")] + [
             (e, False, "not reached: the notebook could not be read") for e in expected
         ]
-    expected += [i for i in _check_ids(nb) if i not in expected]
 
     # The clock starts with the first cell: kernel start-up has its own limit (startup_timeout).
     current = {"cell": 0, "deadline": None}
@@ -361,7 +365,14 @@ def grade_submissions(
             rows.append(GradeRow(student.name, "*", "*", False, "no notebook found"))
         for nb_path in notebooks:
             name = nb_path.relative_to(student).as_posix()
-            graded = grade_notebook(nb_path, timeout, expected_by_name.get(nb_path.name, ()))
+            expected = expected_by_name.get(nb_path.name, ())
+            try:
+                graded = grade_notebook(nb_path, timeout, expected)
+            except Exception as err:  # one submission must never stop the others' grading
+                reason = _one_line(f"{type(err).__name__}: {err}", 200)
+                graded = [("*", False, f"the grader failed on this notebook ({reason})")] + [
+                    (e, False, "not reached: the notebook could not be graded") for e in expected
+                ]
             rows += [GradeRow(student.name, name, e, p, m) for e, p, m in graded]
             done = sum(p for e, p, _ in graded if e != "*")
             total = sum(e != "*" for e, _, _ in graded)

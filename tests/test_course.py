@@ -656,6 +656,12 @@ def test_grading_end_to_end(tmp_path, capsys):
         nbformat.write(nb, subs / student / "alpha.ipynb")
     (subs / "dave").mkdir()
     (subs / "dave" / "alpha.ipynb").write_text("{ this is not json")
+    # JSON that nbformat reads but that breaks its schema (a cell without source): read() only
+    # logs that, and the grader used to crash on it, losing every row.
+    (subs / "eve").mkdir()
+    broken = json.loads(nbformat.writes(submission(right, CHECK)))
+    del broken["cells"][0]["source"]
+    (subs / "eve" / "alpha.ipynb").write_text(json.dumps(broken))
     (subs / "frank").mkdir()
 
     grades = tmp_path / "grades.csv"
@@ -673,6 +679,8 @@ def test_grading_end_to_end(tmp_path, capsys):
         ("carol", "alpha-bar", "False"),
         ("dave", "*", "False"),
         ("dave", "alpha-bar", "False"),  # expected from the instructor's notebook
+        ("eve", "*", "False"),
+        ("eve", "alpha-bar", "False"),
         ("frank", "*", "False"),
     ]
     message = {(r["student"], r["exercise"]): r["message"] for r in rows}
@@ -683,8 +691,9 @@ def test_grading_end_to_end(tmp_path, capsys):
     assert message["carol", "alpha-bar"].startswith("not reached")
     assert message["dave", "*"].startswith("not a readable notebook (NotJSONError")
     assert message["dave", "alpha-bar"].startswith("not reached")
+    assert message["eve", "*"].startswith("not a readable notebook (NotebookValidationError")
     assert message["frank", "*"] == "no notebook found"
-    assert "8 rows, 1/4 exercises passed" in capsys.readouterr().out
+    assert "10 rows, 1/5 exercises passed" in capsys.readouterr().out
 
 
 def test_a_hanging_notebook_times_out_and_later_checks_are_not_reached(tmp_path):

@@ -291,6 +291,9 @@ def test_read_idx_rejects_wrong_magic_and_truncation(tmp_path):
     path.write_bytes(b"PK\x03\x04 not idx at all")
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(path)
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((2, 28, 28), np.uint8)))[:-20])
+    with pytest.raises(ValueError, match=r"labels: not a complete gzip file .*download it again"):
+        read_idx(path)  # an interrupted download, read with verify=False
 
 
 def test_load_mnist_from_gz_and_raw_files(tmp_path):
@@ -478,6 +481,14 @@ def test_load_cifar10(tmp_path, as_archive):
     assert y.tolist() == [1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
     x, y = load_cifar10(root=tmp_path, train=False, verify=False)
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [7, 8, 9]
+
+
+def test_cifar_cut_short_batch_is_named(tmp_path):
+    write_cifar(tmp_path / "cifar10", as_archive=False)
+    batch = tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])  # an interrupted extraction
+    with pytest.raises(ValueError, match=r"data_batch_3: not a complete CIFAR-10 batch"):
+        load_cifar10(root=tmp_path, verify=False)
 
 
 def test_cifar_archive_missing_a_batch(tmp_path):
