@@ -388,6 +388,10 @@ def setup_cell_problem(nb: Any, book: Book) -> str | None:
     i = _first_code_cell(nb)
     if i is None:
         return "it has no code cell; its first code cell must be the setup cell"
+    tagged = [k for k, c in enumerate(nb.cells) if "setup" in c.metadata.get("tags", [])]
+    if [k for k in tagged if k != i]:
+        where = ", ".join(str(k + 1) for k in tagged)
+        return f"its setup cell must be its first code cell (cell {i + 1}), and only that: setup tags on cell(s) {where}"
     cell = nb.cells[i]
     missing = [t for t in SETUP_TAGS if t not in cell.metadata.get("tags", [])]
     if missing:
@@ -406,6 +410,11 @@ def write_setup_cell(nb: Any, book: Book) -> bool:
 
     if setup_cell_problem(nb, book) is None:
         return False
+    # A setup cell anywhere but first is removed: the one written below replaces it.
+    first = _first_code_cell(nb)
+    nb.cells = [
+        c for k, c in enumerate(nb.cells) if k == first or "setup" not in c.metadata.get("tags", [])
+    ]
     i = _first_code_cell(nb)
     source = setup_cell_source(book)
     if i is not None and "setup" in nb.cells[i].metadata.get("tags", []):
@@ -420,15 +429,23 @@ def write_setup_cell(nb: Any, book: Book) -> bool:
     return True
 
 
-def _update_setup_cells(book: Book, chapters: Sequence[Chapter], check: bool) -> list[str]:
-    """Rewrite (or with ``check``, only report) the setup cell of both files of each chapter."""
+def _update_setup_cells(
+    book: Book, chapters: Sequence[Chapter], check: bool
+) -> tuple[list[str], list[str]]:
+    """Rewrite (or with ``check``, only report) the setup cell of both files of each chapter.
+
+    Returns (the files whose setup cell was stale, the files that do not exist).
+    """
     import jupytext
     import nbformat
 
     config = _jupytext_config(book.root)
-    stale = []
+    stale, missing = [], []
     for ch in chapters:
         for path in (book.root / ch.notebook, book.root / ch.script):
+            if not path.is_file():  # reported at the end; the other chapters still go on
+                missing.append(str(path.relative_to(book.root)))
+                continue
             is_nb = path.suffix == ".ipynb"
             nb = nbformat.read(path, as_version=4) if is_nb else _read_script(path, config)
             problem = setup_cell_problem(nb, book)
@@ -441,7 +458,7 @@ def _update_setup_cells(book: Book, chapters: Sequence[Chapter], check: bool) ->
                     nbformat.write(nb, path)
                 else:
                     jupytext.write(nb, path, fmt="py:percent", config=config)
-    return stale
+    return stale, missing
 
 
 # ========================================================================================== pairs
@@ -831,12 +848,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"site written: {entry}")
         return 0
     if args.command == "setup-cells":
-        stale = _update_setup_cells(book, book.select(args.chapters), check=args.check)
+        stale, missing = _update_setup_cells(book, book.select(args.chapters), check=args.check)
         for line in stale:
             print(("stale: " if args.check else "rewrote: ") + line)
-        if not stale:
+        for path in missing:
+            print(f"missing: {path}", file=sys.stderr)
+        if not stale and not missing:
             print("every setup cell is current")
-        return 1 if (stale and args.check) else 0
+        return 1 if missing or (stale and args.check) else 0
     if args.command == "execute":
         failed = 0
         for ch in book.select(args.chapters):

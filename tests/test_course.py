@@ -383,6 +383,26 @@ def test_setup_cells_are_detected_stale_and_rewritten_in_both_files(tmp_path, ca
     assert [c.source for c in cells] == ["# B", setup_cell_source(book), "x = 1"]
 
 
+def test_a_setup_cell_out_of_place_is_moved_not_doubled(tmp_path, capsys):
+    write_book(tmp_path, [chapter("01", "01_a"), chapter("02", "02_b")])
+    book = load_book(tmp_path)
+    nbs = tmp_path / "notebooks"
+    late = new_code_cell(setup_cell_source(book), metadata={"tags": list(SETUP_TAGS)})
+    save_pair(notebook(new_markdown_cell("# A"), new_code_cell("x = 1"), late), nbs / "01_a.ipynb")
+    nb = nbformat.read(nbs / "01_a.ipynb", as_version=4)
+    assert "setup cell must be its first code cell (cell 2)" in setup_cell_problem(nb, book)
+    args = ["--book", str(tmp_path), "setup-cells"]
+    # 02 has no files at all: reported, and 01 is still rewritten.
+    assert main(args) == 1
+    printed = capsys.readouterr()
+    assert (
+        "missing: notebooks/02_b.ipynb" in printed.err and "rewrote: notebooks/01_a" in printed.out
+    )
+    cells = nbformat.read(nbs / "01_a.ipynb", as_version=4).cells
+    assert [c.source for c in cells] == ["# A", setup_cell_source(book), "x = 1"]
+    assert main([*args, "01", "--check"]) == 0
+
+
 # -------------------------------------------------------------------------------------- execute
 def test_execute_stores_outputs_reproducibly_and_writes_the_pair(tmp_path, monkeypatch, capsys):
     write_book(tmp_path, [chapter("01", "01_run")])
