@@ -389,9 +389,12 @@ def setup_cell_problem(nb: Any, book: Book) -> str | None:
     if i is None:
         return "it has no code cell; its first code cell must be the setup cell"
     tagged = [k for k, c in enumerate(nb.cells) if "setup" in c.metadata.get("tags", [])]
-    if [k for k in tagged if k != i]:
+    if any(k != i for k in tagged):
         where = ", ".join(str(k + 1) for k in tagged)
-        return f"its setup cell must be its first code cell (cell {i + 1}), and only that: setup tags on cell(s) {where}"
+        return (
+            f"its setup cell must be its first code cell (cell {i + 1}), and only that: setup "
+            f"tags on cell(s) {where}"
+        )
     cell = nb.cells[i]
     missing = [t for t in SETUP_TAGS if t not in cell.metadata.get("tags", [])]
     if missing:

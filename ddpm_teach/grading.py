@@ -255,10 +255,7 @@ def grade_notebook(
             nbformat.validate(nb)  # read() only logs schema errors; a cell without source crashes
         expected += [i for i in _check_ids(nb) if i not in expected]
     except Exception as err:
-        reason = _one_line(f"{type(err).__name__}: {err}", 200)
-        return [("*", False, f"not a readable notebook ({reason})")] + [
-            (e, False, "not reached: the notebook could not be read") for e in expected
-        ]
+        return _failed_rows("not a readable notebook", err, "could not be read", expected)
 
     # The clock starts with the first cell: kernel start-up has its own limit (startup_timeout).
     current = {"cell": 0, "deadline": None}
@@ -330,6 +327,17 @@ def grade_notebook(
     return rows
 
 
+def _failed_rows(
+    what: str, err: Exception, why: str, expected: Sequence[str]
+) -> list[tuple[str, bool, str]]:
+    """The rows of a notebook that could not be run at all: one * row, then every expected
+    exercise as not reached."""
+    reason = _one_line(f"{type(err).__name__}: {err}", 200)
+    return [("*", False, f"{what} ({reason})")] + [
+        (e, False, f"not reached: the notebook {why}") for e in expected
+    ]
+
+
 def grade_submissions(
     submissions: str | Path,
     out_csv: str | Path,
@@ -369,10 +377,9 @@ def grade_submissions(
             try:
                 graded = grade_notebook(nb_path, timeout, expected)
             except Exception as err:  # one submission must never stop the others' grading
-                reason = _one_line(f"{type(err).__name__}: {err}", 200)
-                graded = [("*", False, f"the grader failed on this notebook ({reason})")] + [
-                    (e, False, "not reached: the notebook could not be graded") for e in expected
-                ]
+                graded = _failed_rows(
+                    "the grader failed on this notebook", err, "could not be graded", expected
+                )
             rows += [GradeRow(student.name, name, e, p, m) for e, p, m in graded]
             done = sum(p for e, p, _ in graded if e != "*")
             total = sum(e != "*" for e, _, _ in graded)

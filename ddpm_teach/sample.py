@@ -101,10 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--gif: expected a file name ending in .gif, got {args.gif}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            parser.error(f"--device: {device} asked for, but CUDA is not available here")
+        device_type = torch.device(device).type
     except RuntimeError:
         parser.error(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device: {device} asked for, but CUDA is not available here")
     model, ema, schedule, config = load_checkpoint(args.checkpoint, map_location=device)
     net = model if args.raw else ema
     # mmap: read only the entry needed, not the weights a second time.
