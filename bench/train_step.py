@@ -7,7 +7,8 @@ attention, so parameter counts agree (printed; refused beyond 15 %) and forward 
 for both with ``torch.utils.flop_counter.FlopCounterMode``. Headline: img/s ratio and FLOP-rate
 ratio, ours / diffusers (> 1: ours is faster), as medians over alternating rounds.
 
-    python -m bench.train_step                      # CPU: digits config, batch 64 and 8, fp32 + bf16
+    python -m bench.train_step                      # CPU: digits config, batch 64 and 8, fp32 + bf16,
+                                                    # ours in NCHW and channels_last
     python -m bench.train_step --device cuda --peak-tflops 989   # adds a CIFAR-10-size config
 """
 
@@ -19,6 +20,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ddpm_teach import fused
 
 from ._common import (
     NetConfig,
@@ -101,39 +104,57 @@ def run_config(
         f" forward GFLOP ours {fwd[0] / 1e9:.3f} / diffusers {fwd[1] / 1e9:.3f};"
         f" step (fwd+bwd) GFLOP {step_flops[0] / 1e9:.3f} / {step_flops[1] / 1e9:.3f}"
     )
+    variants = {"nchw": ours}
+    if "channels_last" in args.layouts:
+        if device.type == "cpu" and not fused.available():
+            print(f"  channels_last skipped: no fused kernel ({fused.unavailable_reason()})")
+        else:
+            ours_cl = build_ours(cfg).to(device)
+            ours_cl.load_state_dict(ours.state_dict())
+            variants["channels_last"] = ours_cl.to(memory_format=torch.channels_last)
+    if "nchw" not in args.layouts:
+        del variants["nchw"]
+    cl = torch.channels_last
+    batch_cl = (x.contiguous(memory_format=cl), t, target.contiguous(memory_format=cl))
     rows = []
     for precision in precisions:
         steps = {
-            "ours": make_step(ours, (x, t, target), precision, device),
-            "diffusers": make_step(theirs, (x, t, target), precision, device),
+            f"ours {layout}": make_step(
+                net, batch_cl if layout == "channels_last" else (x, t, target), precision, device
+            )
+            for layout, net in variants.items()
         }
+        steps["diffusers"] = make_step(theirs, (x, t, target), precision, device)
         for step in steps.values():  # the first step also creates AdamW's state: not counted
             step()
-        ops = [count_ops(steps[name]) for name in ("ours", "diffusers")]
+        ops = {name: count_ops(step) for name, step in steps.items()}
         times = alternate(steps, iters=args.iters, warmup=args.warmup, device=device)
-        a, b = times["ours"], times["diffusers"]
-        speed = pair_ratio(a.wall, b.wall)
-        cpu_speed = pair_ratio(a.cpu, b.cpu) if device.type == "cpu" else None
-        rate = [f / tm.median for f, tm in zip(step_flops, (a, b), strict=True)]  # FLOP/s
-        flop_ratio = speed.median * step_flops[0] / step_flops[1]
-        unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
-        row = [
-            cfg.name,
-            precision,
-            f"{params[0] / 1e6:.3f}M / {params[1] / 1e6:.3f}M",
-            f"{fwd[0] / 1e9:.3g} / {fwd[1] / 1e9:.3g}",
-            f"{a.median * 1e3:.1f} / {b.median * 1e3:.1f}",
-            f"{cfg.batch / a.median:.1f} / {cfg.batch / b.median:.1f}",
-            f"{rate[0] / scale:.3g} / {rate[1] / scale:.3g} {unit}",
-            str(speed),
-            f"**{flop_ratio:.3f}**",
-            str(cpu_speed) if cpu_speed else "-",
-            f"{ops[0]:,} / {ops[1]:,}",
-        ]
-        if args.peak_tflops:
-            row.append(" / ".join(f"{100 * r / (args.peak_tflops * 1e12):.1f}%" for r in rate))
-        rows.append(row)
-        print("  " + " | ".join(row))
+        b = times["diffusers"]
+        for layout in variants:
+            a = times[f"ours {layout}"]
+            speed = pair_ratio(a.wall, b.wall)
+            cpu_speed = pair_ratio(a.cpu, b.cpu) if device.type == "cpu" else None
+            rate = [f / tm.median for f, tm in zip(step_flops, (a, b), strict=True)]  # FLOP/s
+            flop_ratio = speed.median * step_flops[0] / step_flops[1]
+            unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
+            row = [
+                cfg.name,
+                precision,
+                layout,
+                f"{params[0] / 1e6:.3f}M / {params[1] / 1e6:.3f}M",
+                f"{fwd[0] / 1e9:.3g} / {fwd[1] / 1e9:.3g}",
+                f"{a.median * 1e3:.1f} / {b.median * 1e3:.1f}",
+                f"{cfg.batch / a.median:.1f} / {cfg.batch / b.median:.1f}",
+                f"{rate[0] / scale:.3g} / {rate[1] / scale:.3g} {unit}",
+                str(speed),
+                f"**{flop_ratio:.3f}**",
+                str(cpu_speed) if cpu_speed else "-",
+                f"{ops[f'ours {layout}']:,} / {ops['diffusers']:,}",
+            ]
+            if args.peak_tflops:
+                row.append(" / ".join(f"{100 * r / (args.peak_tflops * 1e12):.1f}%" for r in rate))
+            rows.append(row)
+            print("  " + " | ".join(row))
     return rows
 
 
@@ -153,6 +174,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="fp32, and/or bf16 autocast for both networks (default: both on CPU, bf16 on CUDA)",
     )
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=("nchw", "channels_last"),
+        default=None,
+        help="memory formats for ours (diffusers always runs NCHW, its fastest): default both "
+        "on CPU, where channels_last runs ddpm_teach.fused's GroupNorm kernel; nchw on CUDA",
+    )
     parser.add_argument("--iters", type=int, default=None, help="timed rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 3)")
     parser.add_argument(
@@ -168,6 +197,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.iters, args.warmup = args.iters or 2, 1 if args.warmup is None else args.warmup
     args.configs = args.configs or DEFAULTS[args.device]
     args.precision = args.precision or (["bf16"] if args.device == "cuda" else ["fp32", "bf16"])
+    args.layouts = args.layouts or (
+        ["nchw"] if args.device == "cuda" else ["nchw", "channels_last"]
+    )
     args.iters = args.iters or 10
     args.warmup = 3 if args.warmup is None else args.warmup
     return args
@@ -183,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     headers = [
         "config",
         "precision",
+        "ours layout",
         "params ours / diffusers",
         "fwd GFLOP ours / diff.",
         "step ms ours / diff.",
@@ -206,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rate = counted forward+backward FLOPs / median step time. bf16 = autocast for both. "
             "ATen ops = operator calls of one whole step (views and casts included): where the "
             "host, not the arithmetic, sets the pace (small networks on a GPU), fewer ops is "
-            "what makes a step faster.",
+            "what makes a step faster. Ours layout: nchw, or channels_last (weights and "
+            "activations; on the CPU its GroupNorm+SiLU runs ddpm_teach.fused's kernel); "
+            "diffusers runs NCHW, its fastest (torch's GroupNorm is slow on channels_last).",
         ]
     )
     report(args.doc, "train_step", argv, info, body)

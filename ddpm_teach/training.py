@@ -42,6 +42,7 @@ import operator
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import budgets
+from . import budgets, fused
 from .budgets import Budget
 from .mlp import MLPDenoiser
 from .schedule import NoiseSchedule, check_prediction
@@ -284,8 +285,9 @@ class TrainConfig:
         for none), ema_decay, ema_warmup (see :func:`ema_decay_at`).
     Speed:
         bf16 (autocast to bfloat16 where the device computes it natively, see
-        :func:`has_native_bf16`; elsewhere nothing, as emulated bf16 is slower), channels_last,
-        compile (False; True or a mode of ``COMPILE_MODES`` for ``torch.compile`` of the
+        :func:`has_native_bf16`; elsewhere nothing, as emulated bf16 is slower), channels_last
+        (that memory format for images; on the CPU only with :mod:`ddpm_teach.fused`'s GroupNorm
+        kernel, otherwise NCHW with a warning), compile (False; True or a mode of ``COMPILE_MODES`` for ``torch.compile`` of the
         network), device (None: CUDA when available).
     Outputs:
         seed, out_dir (None: write nothing), log_every (steps between loss read-outs; each one
@@ -582,7 +584,19 @@ class Trainer:
                 torch.manual_seed(cfg.seed)  # the initial weights: identical on every rank
                 model = self._build_model()
         self.model = model.to(self.device)
-        if cfg.channels_last and self.is_image:
+        # channels_last on the CPU pays only through ddpm_teach.fused's GroupNorm kernel: torch's
+        # own GroupNorm is 18-75x slower on that layout, so without the kernel stay in NCHW.
+        self.channels_last = cfg.channels_last and self.is_image
+        if self.channels_last and self.device.type == "cpu" and not fused.available():
+            warnings.warn(
+                "channels_last: the fused GroupNorm kernel is not available "
+                f"({fused.unavailable_reason() or fused.ENV_SWITCH + '=0'}), so training runs "
+                "in the NCHW layout, which is faster than channels_last without it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.channels_last = False
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model_kind = _model_kind(self.model)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -697,7 +711,7 @@ class Trainer:
         g = self._dev_gen.manual_seed(_mix(cfg.seed, step, _STREAM_NOISE))
         shape = (size, *self.data.shape[1:])
         noise = torch.randn(shape, generator=g, device=self.device)[lo:hi]
-        if cfg.channels_last and self.is_image:
+        if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
         return x0, t, noise

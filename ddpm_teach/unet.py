@@ -28,6 +28,10 @@ is the "U". Level i works at resolution H / 2**i, so H and W must be divisible b
 Two choices from improved-diffusion (Nichol & Dhariwal 2021), not the paper: the last conv of each
 residual block, the attention output projection and the final conv start at zero, so that at
 initialisation every block is the identity on its skip path and the network outputs exactly 0.
+
+Every "GroupNorm, SiLU" goes through :func:`ddpm_teach.fused.group_norm_silu`, which is
+``F.silu(norm(x))`` computed by one compiled kernel where torch has no fast one (channels_last on
+the CPU, the layout in which the CPU's convolutions run fastest).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .fused import group_norm_silu
 
 __all__ = ["AttentionBlock", "Downsample", "ResBlock", "UNet", "Upsample", "timestep_embedding"]
 
@@ -120,11 +126,11 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
+        h = self.conv1(group_norm_silu(self.norm1, x))  # SiLU(GroupNorm(x)) -> (B, out, H, W)
         # In place: a conv's backward never reads its output, so both adds may reuse it
         # (two fewer activation-sized allocations per block).
         h += self.emb_proj(emb_act)[:, :, None, None]  # the same shift at every pixel
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h)))
         return h.add_(self.skip(x))
 
 
@@ -151,7 +157,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        qkv = self.qkv(group_norm_silu(self.norm, x, silu=False))  # (B, 3C, H, W)
         cl = x.is_contiguous(memory_format=torch.channels_last)
         if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
             q, k, v = qkv.flatten(2).chunk(3, dim=1)  # each (B, C, HW); bmm reads them strided
@@ -463,7 +469,7 @@ class UNet(nn.Module):
             if stage.resample is not None:
                 h = stage.resample(h)
 
-        out = self.out_conv(F.silu(self.out_norm(h)))  # (B, out_channels, H, W)
+        out = self.out_conv(group_norm_silu(self.out_norm, h))  # (B, out_channels, H, W)
         return (out, feats) if return_features else out
 
     @torch.no_grad()

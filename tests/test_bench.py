@@ -49,16 +49,21 @@ def test_script_runs_and_appends_its_section(name, doc, capsys):
 
 def test_train_step_rows_compare_matched_networks(doc):
     from bench import train_step
+    from ddpm_teach import fused
 
     train_step.main(["--tiny", "--doc", str(doc), "--precision", "fp32"])
-    row = next(line for line in doc.read_text().splitlines() if line.startswith("| tiny |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "fp32"
-    ours, theirs = cells[2].split(" / ")
-    assert ours == theirs  # matched configuration: the same parameter count
-    flops_ours, flops_theirs = cells[3].split(" / ")
-    assert flops_ours == flops_theirs  # and the same counted FLOPs, attention included
-    assert float(cells[8].strip("*")) > 0  # the FLOP-rate ratio
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| tiny |")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    # One row per layout of ours; channels_last runs only where the fused kernel does.
+    layouts = ["nchw", "channels_last"] if fused.available() else ["nchw"]
+    assert [c[2] for c in cells] == layouts
+    for c in cells:
+        assert c[1] == "fp32"
+        ours, theirs = c[3].split(" / ")
+        assert ours == theirs  # matched configuration: the same parameter count
+        flops_ours, flops_theirs = c[4].split(" / ")
+        assert flops_ours == flops_theirs  # and the same counted FLOPs, attention included
+        assert float(c[9].strip("*")) > 0  # the FLOP-rate ratio
 
 
 def test_mismatched_networks_are_refused():

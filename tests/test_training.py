@@ -453,6 +453,17 @@ def test_channels_last_trains_the_same_on_cpu():
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_channels_last_without_the_fused_kernel_trains_in_nchw(monkeypatch):
+    from ddpm_teach import fused
+
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")  # as if the kernel could not be built
+    with pytest.warns(RuntimeWarning, match="channels_last: the fused GroupNorm kernel is not"):
+        tr = Trainer(image_config(channels_last=True), IMAGES, progress=False)
+    assert not tr.channels_last
+    assert tr.model.input_conv.weight.is_contiguous()  # NCHW
+    tr.train(1)
+
+
 def test_train_takes_a_whole_number_of_steps():
     tr = Trainer(toy_config(), progress=False)
     with pytest.raises(TypeError, match=r"num_steps: expected an int >= 0, got 2\.5"):

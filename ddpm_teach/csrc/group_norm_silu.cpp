@@ -1,0 +1,260 @@
+// GroupNorm (optionally followed by SiLU) for channels_last tensors on the CPU, forward and
+// backward. Built on first use by ddpm_teach/fused.py, which explains why it exists and holds the
+// autograd wrapper; the math is nn.GroupNorm's (Wu & He 2018) then F.silu.
+//
+// Layout: x is (N, C, H, W) with channels_last strides, i.e. memory (N, P = H*W, C) with the
+// channels innermost. Every loop over one pixel's C channels is contiguous, so the compiler
+// vectorises it; statistics are float32 whatever the input (float32 or bfloat16), as in torch.
+//
+// Forward, for sample n and group g (channels c in g, Cg = C / G of them, M = P * Cg values):
+//   mean_g, var_g over the group's M values;  r_g = 1 / sqrt(var_g + eps)
+//   z = (x - mean_g) * r_g * gamma_c + beta_c = x * a_c + b_c;  y = silu(z) = z * sigmoid(z)
+// Backward, with dz = dy * silu'(z) (= dy without SiLU), xhat = (x - mean_g) * r_g:
+//   dbeta_c = sum dz;  dgamma_c = sum dz * xhat
+//   dx = r_g * (gamma_c dz - mean(gamma dz) - xhat * mean(gamma dz xhat))   (means over the group)
+//      = (r_g gamma_c) dz + B_g x + C_g, with B_g, C_g from two per-channel sums.
+// Two passes over x each way: statistics, then the elementwise result.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+// bfloat16 is the top half of a float32: widen by a shift, narrow with round-to-nearest-even.
+// Written on uint16_t so that the channel loops vectorise.
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) {
+  const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(uint16_t* p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  p[i] = static_cast<uint16_t>(u >> 16);
+}
+
+inline float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
+
+template <typename T, bool kSiLU>
+void forward_kernel(const T* x, const float* gamma, const float* beta, T* y, float* mean,
+                    float* rstd, int64_t N, int64_t C, int64_t P, int64_t G, double eps) {
+  const int64_t Cg = C / G;
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    // Per-channel sums of d = x - k_c, shifted by the channel's first value k_c so that the
+    // variance does not cancel catastrophically when |mean| >> std.
+    std::vector<float> k(C), s(C), q(C), a(C), b(C);
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xn = x + n * P * C;
+      for (int64_t c = 0; c < C; ++c) k[c] = load(xn, c), s[c] = 0.f, q[c] = 0.f;
+      float* __restrict__ ps = s.data();
+      float* __restrict__ pq = q.data();
+      const float* __restrict__ pk = k.data();
+      for (int64_t p = 0; p < P; ++p) {
+        const T* xp = xn + p * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = load(xp, c) - pk[c];
+          ps[c] += d;
+          pq[c] += d * d;
+        }
+      }
+      // Combine the channels of each group (Chan et al.'s pairwise update, in double).
+      for (int64_t g = 0; g < G; ++g) {
+        double m = 0.0, m2 = 0.0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) m += k[c] + double(s[c]) / P;
+        m /= Cg;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const double mc = k[c] + double(s[c]) / P;
+          m2 += double(q[c]) - double(s[c]) * s[c] / P + P * (mc - m) * (mc - m);
+        }
+        const float r = static_cast<float>(1.0 / std::sqrt(std::max(m2 / (P * Cg), 0.0) + eps));
+        mean[n * G + g] = static_cast<float>(m);
+        rstd[n * G + g] = r;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          a[c] = r * gamma[c];
+          b[c] = beta[c] - static_cast<float>(m) * a[c];
+        }
+      }
+      const float* __restrict__ pa = a.data();
+      const float* __restrict__ pb = b.data();
+      T* yn = y + n * P * C;
+      for (int64_t p = 0; p < P; ++p) {
+        const T* xp = xn + p * C;
+        T* yp = yn + p * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float z = load(xp, c) * pa[c] + pb[c];
+          store(yp, c, kSiLU ? z * sigmoid(z) : z);
+        }
+      }
+    }
+  });
+}
+
+template <typename T, bool kSiLU>
+void backward_kernel(const T* dy, const T* x, const float* mean, const float* rstd,
+                     const float* gamma, const float* beta, T* dx, float* dgamma_n,
+                     float* dbeta_n, int64_t N, int64_t C, int64_t P, int64_t G) {
+  const int64_t Cg = C / G;
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> a(C), b(C), sum_dz(C), sum_dz_x(C), ca(C), cb(C), cc(C);
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xn = x + n * P * C;
+      const T* dyn = dy + n * P * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t g = c / Cg;
+        a[c] = rstd[n * G + g] * gamma[c];
+        b[c] = beta[c] - mean[n * G + g] * a[c];
+        sum_dz[c] = 0.f;
+        sum_dz_x[c] = 0.f;
+      }
+      const float* __restrict__ pa = a.data();
+      const float* __restrict__ pb = b.data();
+      float* __restrict__ s1 = sum_dz.data();
+      float* __restrict__ s2 = sum_dz_x.data();
+      for (int64_t p = 0; p < P; ++p) {
+        const T* xp = xn + p * C;
+        const T* dyp = dyn + p * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float xv = load(xp, c);
+          float dz = load(dyp, c);
+          if (kSiLU) {  // silu'(z) = s (1 + z (1 - s)), s = sigmoid(z), z recomputed from x
+            const float z = xv * pa[c] + pb[c];
+            const float sg = sigmoid(z);
+            dz *= sg * (1.f + z * (1.f - sg));
+          }
+          s1[c] += dz;
+          s2[c] += dz * xv;
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const double m = mean[n * G + g], r = rstd[n * G + g];
+        double sum_gdz = 0.0, sum_gdz_xhat = 0.0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const double dz_xhat = r * (double(sum_dz_x[c]) - m * sum_dz[c]);  // sum dz * xhat
+          dbeta_n[n * C + c] = sum_dz[c];
+          dgamma_n[n * C + c] = static_cast<float>(dz_xhat);
+          sum_gdz += double(gamma[c]) * sum_dz[c];
+          sum_gdz_xhat += double(gamma[c]) * dz_xhat;
+        }
+        const double count = double(P) * Cg;
+        const double B = -r * r * sum_gdz_xhat / count;
+        const double Cst = -r * sum_gdz / count - B * m;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          ca[c] = static_cast<float>(r * gamma[c]);
+          cb[c] = static_cast<float>(B);
+          cc[c] = static_cast<float>(Cst);
+        }
+      }
+      const float* __restrict__ qa = ca.data();
+      const float* __restrict__ qb = cb.data();
+      const float* __restrict__ qc = cc.data();
+      T* dxn = dx + n * P * C;
+      for (int64_t p = 0; p < P; ++p) {
+        const T* xp = xn + p * C;
+        const T* dyp = dyn + p * C;
+        T* dxp = dxn + p * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float xv = load(xp, c);
+          float dz = load(dyp, c);
+          if (kSiLU) {
+            const float z = xv * pa[c] + pb[c];
+            const float sg = sigmoid(z);
+            dz *= sg * (1.f + z * (1.f - sg));
+          }
+          store(dxp, c, qa[c] * dz + qb[c] * xv + qc[c]);
+        }
+      }
+    }
+  });
+}
+
+void check_input(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                 int64_t groups) {
+  TORCH_CHECK(x.device().is_cpu(), "group_norm_silu: x must be on the CPU");
+  TORCH_CHECK(x.dim() == 4, "group_norm_silu: x must be (N, C, H, W), got ", x.dim(), " dims");
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "group_norm_silu: x must be channels_last");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "group_norm_silu: x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "group_norm_silu: groups (", groups,
+              ") must divide the ", x.size(1), " channels");
+  TORCH_CHECK(weight.numel() == x.size(1) && bias.numel() == x.size(1),
+              "group_norm_silu: weight and bias must have one value per channel");
+}
+
+// Dispatch on (dtype, silu) to the four instantiations; raw pointers because the kernels read
+// bfloat16 as uint16_t.
+#define DDPM_DISPATCH(x, silu, KERNEL, ...)                                        \
+  if ((x).scalar_type() == at::kFloat) {                                           \
+    using T = float;                                                               \
+    if (silu) KERNEL<T, true>(__VA_ARGS__); else KERNEL<T, false>(__VA_ARGS__);    \
+  } else {                                                                         \
+    using T = uint16_t;                                                            \
+    if (silu) KERNEL<T, true>(__VA_ARGS__); else KERNEL<T, false>(__VA_ARGS__);    \
+  }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x,
+                                                       const at::Tensor& weight,
+                                                       const at::Tensor& bias, int64_t groups,
+                                                       double eps, bool silu) {
+  check_input(x, weight, bias, groups);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto mean = at::empty({N, groups}, x.options().dtype(at::kFloat));
+  auto rstd = at::empty({N, groups}, x.options().dtype(at::kFloat));
+  const auto w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
+  DDPM_DISPATCH(x, silu, forward_kernel, static_cast<const T*>(x.data_ptr()),
+                w.data_ptr<float>(), b.data_ptr<float>(),
+                static_cast<T*>(y.data_ptr()), mean.data_ptr<float>(),
+                rstd.data_ptr<float>(), N, C, P, groups, eps)
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+    const at::Tensor& weight, const at::Tensor& bias, int64_t groups, bool silu) {
+  check_input(x, weight, bias, groups);
+  const auto dy = dy_in.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto dgamma = at::empty({N, C}, x.options().dtype(at::kFloat));  // per sample, summed below
+  auto dbeta = at::empty({N, C}, x.options().dtype(at::kFloat));
+  const auto w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
+  const auto m = mean.contiguous(), r = rstd.contiguous();
+  DDPM_DISPATCH(x, silu, backward_kernel, static_cast<const T*>(dy.data_ptr()),
+                static_cast<const T*>(x.data_ptr()), m.data_ptr<float>(),
+                r.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
+                static_cast<T*>(dx.data_ptr()), dgamma.data_ptr<float>(),
+                dbeta.data_ptr<float>(), N, C, P, groups)
+  return {dx, dgamma.sum(0), dbeta.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ddpm_teach, m) {
+  m.def(
+      "group_norm_silu(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu)"
+      " -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_norm_silu_backward(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor weight,"
+      " Tensor bias, int groups, bool silu) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(ddpm_teach, CPU, m) {
+  m.impl("group_norm_silu", &forward);
+  m.impl("group_norm_silu_backward", &backward);
+}

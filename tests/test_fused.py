@@ -1,0 +1,173 @@
+"""The compiled channels_last GroupNorm+SiLU kernel (ddpm_teach.fused) against torch's ops."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm_teach import fused
+from ddpm_teach.unet import UNet
+
+CL = torch.channels_last
+
+needs_kernel = pytest.mark.skipif(
+    not fused.available(), reason=f"kernel not built: {fused.unavailable_reason()}"
+)
+
+
+def _reference(x, norm, silu):
+    """The formula in float64: F.group_norm then F.silu."""
+    h = F.group_norm(
+        x.double(), norm.num_groups, norm.weight.double(), norm.bias.double(), norm.eps
+    )
+    return F.silu(h) if silu else h
+
+
+def _case(n, c, size, groups, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # A mean far from 0 next to a small spread: the variance must not cancel.
+    x = torch.randn(n, c, size, size, generator=g) * 0.5 + 20.0 * torch.randn(
+        1, c, 1, 1, generator=g
+    )
+    norm = nn.GroupNorm(groups, c)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(c, generator=g))
+        norm.bias.copy_(torch.randn(c, generator=g))
+    dy = torch.randn(n, c, size, size, generator=g)
+    return x, norm, dy
+
+
+@needs_kernel
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"]
+)
+@pytest.mark.parametrize(
+    ("n", "c", "size", "groups"), [(3, 32, 7, 32), (2, 64, 5, 32), (2, 12, 6, 3)]
+)
+def test_kernel_matches_group_norm_then_silu(n, c, size, groups, dtype, tol, silu):
+    x, norm, dy = _case(n, c, size, groups)
+    xk = x.to(dtype).contiguous(memory_format=CL).requires_grad_()
+    assert fused.uses_kernel(xk)
+    y = fused.group_norm_silu(norm, xk, silu=silu)
+    y.backward(dy.to(dtype).contiguous(memory_format=CL))
+    assert y.dtype == dtype and y.is_contiguous(memory_format=CL)
+    assert xk.grad.dtype == dtype and xk.grad.is_contiguous(memory_format=CL)
+    got = {"y": y, "dx": xk.grad, "dgamma": norm.weight.grad, "dbeta": norm.bias.grad}
+
+    xr = xk.detach().double().requires_grad_()  # the same (rounded) input, in float64
+    ref_norm = nn.GroupNorm(groups, c, eps=norm.eps).double()
+    ref_norm.load_state_dict(norm.state_dict())
+    yr = _reference(xr, ref_norm, silu)
+    yr.backward(dy.to(dtype).double())
+    want = {"y": yr, "dx": xr.grad, "dgamma": ref_norm.weight.grad, "dbeta": ref_norm.bias.grad}
+    for key, ref in want.items():
+        err = (got[key].double() - ref).abs().max() / ref.abs().max()
+        assert err < tol, f"{key}: relative error {err:.2e} (tolerance {tol})"
+
+
+@needs_kernel
+def test_kernel_is_not_used_where_torch_is_fast():
+    norm = nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 5, 5)
+    assert not fused.uses_kernel(x)  # NCHW
+    assert not fused.uses_kernel(x.double().contiguous(memory_format=CL))  # float64
+    assert not fused.uses_kernel(
+        x[:, :, :1, :1].contiguous(memory_format=CL)
+    )  # 1 x 1: both layouts
+    assert fused.uses_kernel(x.contiguous(memory_format=CL))
+    # Outside the kernel the result is torch's, to the bit.
+    torch.testing.assert_close(fused.group_norm_silu(norm, x), F.silu(norm(x)), rtol=0, atol=0)
+
+
+@needs_kernel
+def test_kernel_refuses_bad_input_by_name():
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=CL)
+    with pytest.raises(RuntimeError, match=r"groups \(3\) must divide the 8 channels"):
+        torch.ops.ddpm_teach.group_norm_silu(x, torch.ones(8), torch.zeros(8), 3, 1e-5, True)
+    with pytest.raises(RuntimeError, match="must be channels_last"):
+        torch.ops.ddpm_teach.group_norm_silu(
+            torch.randn(2, 8, 5, 5), torch.ones(8), torch.zeros(8), 4, 1e-5, True
+        )
+
+
+@needs_kernel
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_channels_last_unet_matches_nchw_through_the_kernel(bf16, monkeypatch):
+    """The whole U-Net, forward and backward: channels_last (the kernel) against NCHW (torch)."""
+    kwargs = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,))
+    torch.manual_seed(0)
+    model = UNet(1, dropout=0.0, **kwargs)
+    with torch.no_grad():  # leave the zero-initialised convs' start: a real signal everywhere
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model_cl = UNet(1, dropout=0.0, **kwargs)
+    model_cl.load_state_dict(model.state_dict())
+    model_cl = model_cl.to(memory_format=CL)
+    x, t = torch.randn(4, 1, 12, 12), torch.tensor([0, 10, 500, 999])
+    calls = []
+    real = fused._GroupNormSiLU.apply
+    monkeypatch.setattr(fused._GroupNormSiLU, "apply", lambda *a: calls.append(1) or real(*a))
+    outs, grads = [], []
+    for m, xin in ((model, x), (model_cl, x.contiguous(memory_format=CL))):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = m(xin, t)
+        out.float().square().mean().backward()
+        outs.append(out.float())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+        if m is model:
+            assert not calls  # NCHW never reaches the kernel
+    # Every GroupNorm of the network, each called once, went through the kernel.
+    assert len(calls) == sum(isinstance(m, nn.GroupNorm) for m in model.modules())
+    tol = 3e-2 if bf16 else 1e-4
+    assert (outs[0] - outs[1]).abs().max() < tol * outs[0].abs().max()
+    assert (grads[0] - grads[1]).abs().max() < tol * grads[0].abs().max()
+
+
+def test_falls_back_to_torch_when_switched_off(monkeypatch):
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    assert not fused.available()
+    norm = nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=CL)
+    assert not fused.uses_kernel(x)
+    torch.testing.assert_close(fused.group_norm_silu(norm, x), F.silu(norm(x)), rtol=0, atol=0)
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.delenv(fused.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(fused, "_state", {})
+
+    def broken() -> None:
+        raise RuntimeError("Error building extension: no compiler\nmore lines")
+
+    monkeypatch.setattr(fused, "_build", broken)
+    with pytest.warns(RuntimeWarning, match=r"could not build .* no compiler"):
+        assert not fused.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call neither rebuilds nor warns
+        assert not fused.available()
+    assert "no compiler" in fused.unavailable_reason()
+    norm = nn.GroupNorm(2, 4)
+    x = torch.randn(1, 4, 3, 3).contiguous(memory_format=CL)
+    torch.testing.assert_close(fused.group_norm_silu(norm, x), F.silu(norm(x)))
+
+
+def test_kernel_source_ships_with_the_package():
+    import fnmatch
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    root = Path(fused.__file__).parent
+    pyproject = tomllib.loads((root.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["ddpm_teach"]
+    relative = fused.SOURCE.relative_to(root).as_posix()
+    assert fused.SOURCE.is_file()
+    assert any(fnmatch.fnmatch(relative, g) for g in globs), (relative, globs)
