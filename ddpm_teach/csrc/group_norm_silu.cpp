@@ -13,7 +13,8 @@
 //   dbeta_c = sum dz;  dgamma_c = sum dz * xhat
 //   dx = r_g * (gamma_c dz - mean(gamma dz) - xhat * mean(gamma dz xhat))   (means over the group)
 //      = (r_g gamma_c) dz + B_g x + C_g, with B_g, C_g from two per-channel sums.
-// Two passes over x each way: statistics, then the elementwise result.
+// Two passes over x each way: statistics, then the elementwise result. The backward keeps one
+// sample's dz (float32) between its passes rather than computing the sigmoid twice.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -109,6 +110,7 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
   const int64_t Cg = C / G;
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<float> a(C), b(C), sum_dz(C), sum_dz_x(C), ca(C), cb(C), cc(C);
+    std::vector<float> dz_sample(P * C);  // this sample's dz, from the first pass to the second
     for (int64_t n = n0; n < n1; ++n) {
       const T* xn = x + n * P * C;
       const T* dyn = dy + n * P * C;
@@ -126,6 +128,7 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
       for (int64_t p = 0; p < P; ++p) {
         const T* xp = xn + p * C;
         const T* dyp = dyn + p * C;
+        float* __restrict__ dzp = dz_sample.data() + p * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const float xv = load(xp, c);
@@ -135,6 +138,7 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
             const float sg = sigmoid(z);
             dz *= sg * (1.f + z * (1.f - sg));
           }
+          dzp[c] = dz;
           s1[c] += dz;
           s2[c] += dz * xv;
         }
@@ -164,18 +168,11 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
       T* dxn = dx + n * P * C;
       for (int64_t p = 0; p < P; ++p) {
         const T* xp = xn + p * C;
-        const T* dyp = dyn + p * C;
         T* dxp = dxn + p * C;
+        const float* __restrict__ dzp = dz_sample.data() + p * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const float xv = load(xp, c);
-          float dz = load(dyp, c);
-          if (kSiLU) {
-            const float z = xv * pa[c] + pb[c];
-            const float sg = sigmoid(z);
-            dz *= sg * (1.f + z * (1.f - sg));
-          }
-          store(dxp, c, qa[c] * dz + qb[c] * xv + qc[c]);
+          store(dxp, c, qa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c]);
         }
       }
     }
