@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"bf16": False},
     "bf16": {"bf16": True},
     "channels-last": {"channels_last": True},
+    "nchw": {"channels_last": False},
     "compile": {"compile": True},
     "fp32-compile": {"bf16": False, "compile": True},
     # torch.compile's CUDA graphs: one launch replays the whole forward or backward.

@@ -33,8 +33,11 @@ docs/benchmarks.md), which is why the cpu U-Net is so small:
   elsewhere), and chapter 05 times both on the reader's machine.
 * Self-attention at 14 x 14 costs about 21 % of a step; keeping only the bottleneck's attention (at
   7 x 7) made a step 1.47x faster, so ``attention_levels`` is empty on CPU.
-* ``torch.compile`` took 2.5 min to compile on CPU for no gain, ``channels_last`` gained nothing:
-  both off on CPU.
+* ``torch.compile`` took 2.5 min to compile on CPU for no gain: off. ``channels_last`` gained
+  nothing while torch's GroupNorm ran on that layout (18-75x slower than on NCHW); with
+  ``ddpm_teach.fused``'s GroupNorm+SiLU kernel a whole step of the cpu U-Net is 1.17x faster
+  (bf16, two threads, ``bench.trainer_speed``), so the cpu budget trains channels_last (the
+  kernel's one-off build takes 15-20 s; without a compiler the trainer stays in NCHW).
 * Ancestral sampling over a 100-step subsequence matched the full 1000-step chain on an
   undertrained model, while deterministic DDIM-50 (eta = 0) lost badly: previews use
   ``ddim_steps`` = 100 with ``sample_eta`` = 1 (DDIM with eta = 1 *is* ancestral sampling on the
@@ -87,7 +90,9 @@ class Budget:
         batch_size, lr, warmup_steps (linear warm-up of the learning rate), lr_decay (after the
         warm-up: "none" or "cosine", down to 0 at the last step), grad_clip (max norm),
         ema_decay (of the weights used for sampling), bf16 (autocast, used only where the device
-        computes bf16 natively: ``training.has_native_bf16``).
+        computes bf16 natively: ``training.has_native_bf16``), channels_last (that memory format
+        for the U-Net; on the CPU it runs ``ddpm_teach.fused``'s GroupNorm kernel, and where
+        that cannot be built the trainer stays in NCHW).
         data_size: how many glyph digits to render (real sets use all their images).
     Toy 2-D training (the MLP):
         toy_train_steps, toy_batch_size, toy_hidden (width), toy_num_layers (residual blocks),
@@ -122,6 +127,7 @@ class Budget:
     grad_clip: float
     ema_decay: float
     bf16: bool
+    channels_last: bool
     data_size: int
     # toy training
     toy_train_steps: int
@@ -185,6 +191,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0,
         ema_decay=0.99,
         bf16=False,
+        channels_last=False,
         data_size=256,
         toy_train_steps=300,
         toy_batch_size=256,
@@ -218,6 +225,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0,
         ema_decay=0.995,
         bf16=True,
+        # 1.17x a whole step with the fused GroupNorm kernel (docs/benchmarks.md, bench.trainer_speed).
+        channels_last=True,
         data_size=60_000,
         # >= 90 % within 3 std after 1,500 steps, 96 % after 2,000 (measured, batch 512).
         toy_train_steps=2000,
@@ -253,6 +262,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0,
         ema_decay=0.9995,
         bf16=False,  # host-bound step: float32 is faster here (module docstring)
+        channels_last=False,  # the fused kernel is CPU-only; not measured on a GPU
         data_size=60_000,
         toy_train_steps=5000,
         toy_batch_size=1024,

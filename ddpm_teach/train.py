@@ -65,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMPILE_MODES,
         help="torch.compile the network, optionally in a mode (reduce-overhead: CUDA graphs)",
     )
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format (default: the budget's; the cpu budget uses it, with "
+        "ddpm_teach.fused's GroupNorm kernel)",
+    )
     p.add_argument(
         "--no-bf16",
         action="store_true",
@@ -91,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "log_every": args.log_every,
         "num_samples": args.num_samples,
         "device": args.device,
+        "channels_last": args.channels_last,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.min_snr_gamma is not None:  # 0.0 stands for 'none', the paper's L_simple
@@ -105,7 +112,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out_dir=args.out,
         download=args.download,
         compile=args.compile or False,
-        channels_last=args.channels_last,
         **overrides,
     )
     if args.no_bf16:

@@ -423,6 +423,7 @@ class TrainConfig:
             grad_clip=b.grad_clip,
             ema_decay=b.toy_ema_decay if toy else b.ema_decay,
             bf16=b.bf16 and not toy,
+            channels_last=b.channels_last and not toy,
             device=b.device,
             log_every=max(1, min(50, steps // 20)),
             sample_every=max(1, steps // 5),

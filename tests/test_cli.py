@@ -170,3 +170,20 @@ def test_min_snr_gamma_and_compile_flags(capsys):
     assert "--min-snr-gamma: expected a positive number or 'none', got '-1'" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "budget_name", "expected"),
+    [
+        ([], "cpu", True),  # the cpu budget trains channels_last (with ddpm_teach.fused's kernel)
+        ([], "smoke", False),
+        (["--no-channels-last"], "cpu", False),
+        (["--channels-last"], "smoke", True),
+    ],
+)
+def test_channels_last_flag_follows_the_budget_unless_given(flag, budget_name, expected):
+    parser = train_cli.build_parser()
+    args = parser.parse_args(
+        ["--data", "glyph-digits", "--out", "x", "--budget", budget_name, *flag]
+    )
+    assert train_cli.config_from_args(args).channels_last is expected
