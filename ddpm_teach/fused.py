@@ -8,30 +8,37 @@ is 18-75x slower on channels_last input than on NCHW, which ate the whole gain (
 "What we tried on the U-Net"). This module supplies the missing piece: a C++ kernel
 (``csrc/group_norm_silu.cpp``) for GroupNorm, optionally followed by SiLU, on channels_last
 float32 or bfloat16 tensors, forward and backward, in two passes over the activations each way.
+With it, channels_last makes a whole training step of the ``cpu`` budget's U-Net about 1.17x
+faster (bfloat16 autocast, two threads; docs/benchmarks.md).
 
 The math is exactly ``F.silu(F.group_norm(x, G, gamma, beta, eps))`` (Wu & He 2018): for each
 sample and group of C/G channels, the mean and variance over the group's channels and pixels,
 z = (x - mean) / sqrt(var + eps) * gamma + beta, then y = z * sigmoid(z). The tests check it
 against that formula in float64.
 
-The kernel is compiled on first use by ``torch.utils.cpp_extension`` (about 15-40 s once; the
-build is cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). It
-needs a C++ compiler with OpenMP (g++ on Linux and Colab); where there is none, or with
-``DDPM_TEACH_FUSED=0`` in the environment, :func:`available` is False and
-:func:`group_norm_silu` falls back to torch's ops, after one warning. Nothing here runs for NCHW
+The kernel is compiled on first use by ``torch.utils.cpp_extension`` (15-20 s once, for this
+CPU: ``-march=native``; the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``). It needs a C++ compiler with OpenMP (g++ on Linux and Colab).
+Where the build fails (one warning says why) or ``DDPM_TEACH_FUSED=0`` is set, :func:`available`
+is False and :func:`group_norm_silu` falls back to torch's ops. Nothing here runs for NCHW
 tensors or on a GPU, where torch's own kernels are the fast ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import platform
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 #: Environment variable that turns the compiled kernel off ("0"); anything else leaves it on.
 ENV_SWITCH = "DDPM_TEACH_FUSED"
@@ -61,12 +68,22 @@ def available() -> bool:
                 _state["ok"], _state["error"] = False, f"{type(e).__name__}: {e}"
                 warnings.warn(
                     "ddpm_teach.fused: could not build the channels_last GroupNorm+SiLU kernel "
-                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); using torch's "
-                    "GroupNorm, which is slow on channels_last tensors",
+                    f"({_gist(e)}); using torch's GroupNorm, which is slow on channels_last "
+                    "tensors",
                     RuntimeWarning,
                     stacklevel=3,
                 )
     return bool(_state["ok"])
+
+
+def _gist(err: Exception) -> str:
+    """The line of a build error that says what went wrong (a compiler's 'error:' line, not the
+    command line ninja prints first)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() and not line.startswith(("[", "FAILED")):
+            return line[:300]
+    return lines[0][:300] if lines else type(err).__name__
 
 
 def unavailable_reason() -> str | None:
@@ -75,28 +92,68 @@ def unavailable_reason() -> str | None:
     return None if err is None else str(err)
 
 
+def _build_tag() -> str:
+    """A short hash of this CPU's instruction-set flags and the torch and Python versions: the
+    build is for this CPU only (-march=native) and this torch's headers, so a home directory
+    shared by different machines or environments must not share it."""
+    key = f"{platform.machine()} {platform.processor()} {torch.__version__} {platform.python_version()}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):  # x86, arm
+                key += line
+                break
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+#: A build lock older than this was left by a killed process (a build takes well under a minute).
+STALE_LOCK_SECONDS = 600
+
+
 def _build() -> None:
     from torch.utils import cpp_extension
 
-    path = os.environ.get("PATH", "")
+    name = f"ddpm_teach_group_norm_silu_{_build_tag()}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    build_dir = Path(root) / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # torch serialises builds with a lock file and waits, without end, while it exists; a process
+    # killed mid-build (a notebook kernel restarted) leaves it behind, so clear an old one.
+    lock = build_dir / "lock"
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+    path = os.environ.get("PATH")
     try:  # the `ninja` wheel's binary, for a virtual environment that is not activated
         import ninja
 
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + (path or "")
     except ImportError:
         pass
     try:
         cpp_extension.load(
-            "ddpm_teach_group_norm_silu",
+            name,
             [str(SOURCE)],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
             is_python_module=False,  # registers torch.ops.ddpm_teach.* ; needs no Python headers
             verbose=False,
         )
     finally:
-        os.environ["PATH"] = path
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
     torch.ops.ddpm_teach.group_norm_silu  # noqa: B018 (raises if the ops did not register)
+
+
+def _is_compiling() -> bool:
+    # torch.compile traces through here; the opaque op would break its graph, so it gets torch's.
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)  # torch >= 2.3
+    if is_compiling is None:
+        is_compiling = getattr(getattr(torch, "_dynamo", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 class _GroupNormSiLU(torch.autograd.Function):
@@ -110,6 +167,7 @@ class _GroupNormSiLU(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # no second derivative: refuse double backward instead of zeros
     def backward(ctx, dy: Tensor):
         x, mean, rstd, weight, bias = ctx.saved_tensors
         dx, dw, db = torch.ops.ddpm_teach.group_norm_silu_backward(
@@ -127,7 +185,7 @@ def uses_kernel(x: Tensor) -> bool:
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.is_contiguous(memory_format=torch.channels_last)
         and not x.is_contiguous()  # NCHW (or both, e.g. 1 x 1 pixels): torch's kernel is fine
-        and not torch.compiler.is_compiling()
+        and not _is_compiling()
         and available()
     )
 

@@ -119,6 +119,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def _speed_notes(trainer: Trainer) -> str:
+    """' (bf16 autocast, channels_last)', or the part that applies, or ''."""
+    notes = [
+        name
+        for name, on in (("bf16 autocast", trainer.bf16), ("channels_last", trainer.channels_last))
+        if on
+    ]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def _gamma(text: str) -> float:
     """--min-snr-gamma: a positive number, or 'none' (returned as 0.0: no weighting)."""
     if text.strip().lower() == "none":
@@ -153,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{tuple(trainer.data.shape[1:])}; {trainer.model_kind} with "
                 f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters on "
                 f"{trainer.device} x {trainer.world_size}"
-                f"{' (bf16 autocast)' if trainer.bf16 else ''}; step {trainer.step} of "
+                f"{_speed_notes(trainer)}; step {trainer.step} of "
                 f"{config.train_steps}",
                 flush=True,
             )

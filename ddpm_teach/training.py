@@ -586,17 +586,25 @@ class Trainer:
                 model = self._build_model()
         self.model = model.to(self.device)
         # channels_last on the CPU pays only through ddpm_teach.fused's GroupNorm kernel: torch's
-        # own GroupNorm is 18-75x slower on that layout, so without the kernel stay in NCHW.
+        # own GroupNorm is 18-75x slower on that layout, so without the kernel stay in NCHW. Under
+        # torch.compile the kernel is not used (compile traces torch's GroupNorm instead).
         self.channels_last = cfg.channels_last and self.is_image
-        if self.channels_last and self.device.type == "cpu" and not fused.available():
-            warnings.warn(
-                "channels_last: the fused GroupNorm kernel is not available "
-                f"({fused.unavailable_reason() or fused.ENV_SWITCH + '=0'}), so training runs "
-                "in the NCHW layout, which is faster than channels_last without it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.channels_last = False
+        if self.channels_last and self.device.type == "cpu":
+            why = None
+            if cfg.compile:
+                why = "torch.compile does not use it"
+            elif not fused.available():
+                why = (
+                    f"it is not available: {fused.unavailable_reason() or fused.ENV_SWITCH + '=0'}"
+                )
+            if why:
+                warnings.warn(
+                    f"channels_last: the fused GroupNorm kernel pays for that layout on the CPU "
+                    f"and {why}; training runs in the NCHW layout, which is faster without it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.channels_last = False
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model_kind = _model_kind(self.model)

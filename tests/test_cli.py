@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -187,3 +188,35 @@ def test_channels_last_flag_follows_the_budget_unless_given(flag, budget_name, e
         ["--data", "glyph-digits", "--out", "x", "--budget", budget_name, *flag]
     )
     assert train_cli.config_from_args(args).channels_last is expected
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["fused-kernel", "no-kernel"])
+def test_a_channels_last_run_samples_channels_last_where_it_pays(
+    tmp_path, capsys, monkeypatch, kernel
+):
+    from ddpm_teach import fused
+
+    if kernel and not fused.available():
+        pytest.skip(f"kernel not built: {fused.unavailable_reason()}")
+    if not kernel:
+        monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    out = tmp_path / "cl"
+    args = ["--data", "glyph-digits", "--budget", "smoke", "--out", str(out), "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # without the kernel: 'stays in NCHW'
+        assert train_cli.main([*args, "--steps", "2", "--channels-last", "--num-samples", "0"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert ("(channels_last)" in first_line) is kernel, first_line  # the run says which layout
+    assert load_checkpoint(out / "last.pt")[3].channels_last  # the config, as asked
+    layouts = []
+    real = sample_cli.ddim_sample
+
+    def spy(net, *a, **k):
+        layouts.append(net.out_conv.weight.is_contiguous(memory_format=torch.channels_last))
+        return real(net, *a, **k)
+
+    monkeypatch.setattr(sample_cli, "ddim_sample", spy)
+    png = str(tmp_path / "s.png")
+    assert sample_cli.main(["--checkpoint", str(out / "last.pt"), "--out", png, "--n", "4",
+                            "--steps", "3", "--device", "cpu"]) == 0  # fmt: skip
+    assert layouts == [kernel]

@@ -171,3 +171,91 @@ def test_kernel_source_ships_with_the_package():
     relative = fused.SOURCE.relative_to(root).as_posix()
     assert fused.SOURCE.is_file()
     assert any(fnmatch.fnmatch(relative, g) for g in globs), (relative, globs)
+
+
+@pytest.mark.parametrize(("age", "removed"), [(3600, True), (5, False)])
+def test_a_stale_build_lock_is_cleared_before_building(tmp_path, monkeypatch, age, removed):
+    """torch waits forever on a build lock; one left by a killed process must not hang us."""
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / f"ddpm_teach_group_norm_silu_{fused._build_tag()}" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    os.utime(lock, (time.time() - age,) * 2)
+    seen = {}
+
+    def fake_load(name, sources, build_directory, **kwargs):
+        seen["lock"] = lock.exists()
+        seen["dir"] = build_directory
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    with pytest.raises(RuntimeError, match="stop here"):
+        fused._build()
+    assert seen == {"lock": not removed, "dir": str(lock.parent)}
+
+
+def test_the_kernel_is_built_where_ci_requires_it():
+    """.ci/run sets DDPM_TEACH_REQUIRE_FUSED=1: there a failed build must fail, not skip, the
+    kernel's tests."""
+    import os
+
+    if os.environ.get("DDPM_TEACH_REQUIRE_FUSED") != "1":
+        pytest.skip("DDPM_TEACH_REQUIRE_FUSED is not set")
+    assert fused.available(), fused.unavailable_reason()
+
+
+@needs_kernel
+def test_far_negative_inputs_give_zero_not_nan():
+    # sigmoid(z) for z < -88: exp(-z) overflows; the kernel must still give silu(z) = -0.
+    norm = nn.GroupNorm(1, 32)
+    with torch.no_grad():
+        norm.bias.fill_(-100.0)
+    x = torch.randn(2, 32, 4, 4).contiguous(memory_format=CL).requires_grad_()
+    y = fused.group_norm_silu(norm, x)
+    y.sum().backward()
+    for t in (y, x.grad, norm.weight.grad, norm.bias.grad):
+        assert torch.isfinite(t).all()
+    assert y.abs().max() < 1e-30
+
+
+@needs_kernel
+def test_eps_counts_when_the_variance_is_tiny():
+    # A spread of 1e-3 (variance 1e-6) next to eps = 1e-5: eps sets most of the scale.
+    x, norm, _ = _case(2, 16, 5, 4)
+    x = (x - x.mean()) * 1e-3
+    for eps in (1e-5, 1e-3):
+        norm.eps = eps
+        got = fused.group_norm_silu(norm, x.contiguous(memory_format=CL))
+        want = _reference(x, norm, silu=True)
+        assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()
+
+
+@needs_kernel
+def test_bfloat16_output_is_rounded_to_nearest():
+    x, norm, _ = _case(4, 32, 8, 8)
+    xb = x.to(torch.bfloat16)
+    got = fused.group_norm_silu(norm, xb.contiguous(memory_format=CL))
+    want = _reference(xb.double(), norm, silu=True).to(torch.bfloat16)
+    # float32 arithmetic, then one rounding: equal to the float64 result's rounding almost
+    # everywhere (truncating instead would miss about half).
+    assert (got == want).double().mean() > 0.98
+
+
+@needs_kernel
+def test_backward_takes_any_layout_and_dtype_of_dy_and_refuses_double_backward():
+    x, norm, dy = _case(2, 16, 6, 4)
+    xk = x.to(torch.bfloat16).contiguous(memory_format=CL).requires_grad_()
+    y = fused.group_norm_silu(norm, xk)
+    (grad_nchw,) = torch.autograd.grad(y, xk, dy, retain_graph=True)  # float32, NCHW
+    (grad_cl,) = torch.autograd.grad(
+        y, xk, dy.to(torch.bfloat16).contiguous(memory_format=CL), retain_graph=True
+    )
+    torch.testing.assert_close(grad_nchw, grad_cl)
+    (g,) = torch.autograd.grad(y.square().sum(), xk, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()  # a second derivative would silently miss the kernel's part

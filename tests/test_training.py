@@ -447,7 +447,9 @@ def test_channels_last_trains_the_same_on_cpu():
     b = Trainer(image_config(channels_last=True), IMAGES, progress=False)
     a.train(1)
     b.train(1)
-    assert b.model.input_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # (a weight with several input channels: with one, both layouts are the same strides)
+    assert b.model.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not a.model.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert a.history[0][1] == pytest.approx(b.history[0][1], rel=1e-5)
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
@@ -457,11 +459,19 @@ def test_channels_last_without_the_fused_kernel_trains_in_nchw(monkeypatch):
     from ddpm_teach import fused
 
     monkeypatch.setenv(fused.ENV_SWITCH, "0")  # as if the kernel could not be built
-    with pytest.warns(RuntimeWarning, match="channels_last: the fused GroupNorm kernel is not"):
+    with pytest.warns(RuntimeWarning, match="channels_last: .* it is not available"):
         tr = Trainer(image_config(channels_last=True), IMAGES, progress=False)
     assert not tr.channels_last
-    assert tr.model.input_conv.weight.is_contiguous()  # NCHW
+    assert not tr.model.out_conv.weight.is_contiguous(memory_format=torch.channels_last)  # NCHW
     tr.train(1)
+
+
+def test_channels_last_under_compile_on_cpu_trains_in_nchw():
+    # torch.compile traces torch's GroupNorm, not the fused kernel: channels_last would be slow.
+    with pytest.warns(RuntimeWarning, match="channels_last: .* torch.compile does not use it"):
+        tr = Trainer(image_config(channels_last=True, compile=True), IMAGES, progress=False)
+    assert not tr.channels_last
+    assert not tr.model.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_train_takes_a_whole_number_of_steps():

@@ -41,11 +41,15 @@ inline void store(float* p, int64_t i, float v) { p[i] = v; }
 inline void store(uint16_t* p, int64_t i, float v) {
   uint32_t u;
   std::memcpy(&u, &v, sizeof u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  p[i] = static_cast<uint16_t>(u >> 16);
+  // NaN stays a (quiet) NaN; tested on the bits, as -ffast-math drops std::isnan.
+  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  p[i] = static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
 }
 
-inline float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
+// exp's argument is capped: under -ffast-math the division is a reciprocal estimate that turns
+// 1 / inf into NaN, and sigmoid(-80) = 1.8e-35 is 0 for every purpose here.
+inline float sigmoid(float z) { return 1.f / (1.f + std::exp(std::min(-z, 80.f))); }
 
 template <typename T, bool kSiLU>
 void forward_kernel(const T* x, const float* gamma, const float* beta, T* y, float* mean,
@@ -191,6 +195,8 @@ void check_input(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
               ") must divide the ", x.size(1), " channels");
   TORCH_CHECK(weight.numel() == x.size(1) && bias.numel() == x.size(1),
               "group_norm_silu: weight and bias must have one value per channel");
+  TORCH_CHECK(weight.device().is_cpu() && bias.device().is_cpu(),
+              "group_norm_silu: weight and bias must be on the CPU");
 }
 
 // Dispatch on (dtype, silu) to the four instantiations; raw pointers because the kernels read
@@ -210,6 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x,
                                                        double eps, bool silu) {
   check_input(x, weight, bias, groups);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  TORCH_CHECK(P > 0 || N == 0, "group_norm_silu: x has no pixels to normalise over");
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto mean = at::empty({N, groups}, x.options().dtype(at::kFloat));
   auto rstd = at::empty({N, groups}, x.options().dtype(at::kFloat));
@@ -225,7 +232,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
     const at::Tensor& weight, const at::Tensor& bias, int64_t groups, bool silu) {
   check_input(x, weight, bias, groups);
-  const auto dy = dy_in.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(dy_in.sizes() == x.sizes(), "group_norm_silu_backward: dy must have x's shape ",
+              x.sizes(), ", got ", dy_in.sizes());
+  TORCH_CHECK(mean.numel() == x.size(0) * groups && rstd.numel() == x.size(0) * groups &&
+                  mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat,
+              "group_norm_silu_backward: mean and rstd must be float32 (N, groups), as the "
+              "forward returns them");
+  const auto dy = dy_in.to(x.device(), x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto dgamma = at::empty({N, C}, x.options().dtype(at::kFloat));  // per sample, summed below
