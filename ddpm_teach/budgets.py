@@ -35,9 +35,10 @@ docs/benchmarks.md), which is why the cpu U-Net is so small:
   7 x 7) made a step 1.47x faster, so ``attention_levels`` is empty on CPU.
 * ``torch.compile`` took 2.5 min to compile on CPU for no gain: off. ``channels_last`` gained
   nothing while torch's GroupNorm ran on that layout (18-75x slower than on NCHW); with
-  ``ddpm_teach.fused``'s GroupNorm+SiLU kernel a whole step of the cpu U-Net is 1.17x faster
-  (bf16, two threads, ``bench.trainer_speed``), so the cpu budget trains channels_last (the
-  kernel's one-off build takes 15-20 s; without a compiler the trainer stays in NCHW).
+  ``ddpm_teach.fused``'s GroupNorm+SiLU kernel the cpu budget's training is 1.03-1.17x faster
+  (bf16, two threads: ``bench.trainer_speed`` and two whole runs) and its sampling 1.4x, so the
+  cpu budget trains channels_last (the kernel's one-off build takes 15-20 s; without a compiler
+  the trainer stays in NCHW).
 * Ancestral sampling over a 100-step subsequence matched the full 1000-step chain on an
   undertrained model, while deterministic DDIM-50 (eta = 0) lost badly: previews use
   ``ddim_steps`` = 100 with ``sample_eta`` = 1 (DDIM with eta = 1 *is* ancestral sampling on the
@@ -225,7 +226,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0,
         ema_decay=0.995,
         bf16=True,
-        # 1.17x a whole step with the fused GroupNorm kernel (docs/benchmarks.md, bench.trainer_speed).
+        # 1.03-1.17x faster training with the fused GroupNorm kernel (docs/benchmarks.md).
         channels_last=True,
         data_size=60_000,
         # >= 90 % within 3 std after 1,500 steps, 96 % after 2,000 (measured, batch 512).
