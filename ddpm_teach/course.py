@@ -619,6 +619,8 @@ def build_site(out: str | Path, book: Book | None = None, html: bool = True) -> 
     book = load_book() if book is None else book
     out = Path(out)
     marker = out / ".ddpm-teach-site"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: {out} is a file; pass a new or empty folder")
     if out.exists() and any(out.iterdir()) and not marker.exists():
         raise FileExistsError(
             f"out: {out} exists and was not made by this command; pass a new or empty folder"
@@ -826,10 +828,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     book = load_book(args.book)
     if args.command == "list":
-        print(f"{'id':4}{'title':34}{'status':9}{'min':>4}  GPU")
+        width = max([len("title"), *(len(ch.title) for ch in book.chapters)]) + 2
+        print(f"{'id':4}{'title':{width}}{'status':9}{'min':>4}  GPU")
         for ch in book.chapters:
             gpu = "helps" if ch.gpu_helps else "-"
-            print(f"{ch.id:4}{ch.title:34}{ch.status:9}{ch.minutes:>4}  {gpu}")
+            print(f"{ch.id:4}{ch.title:{width}}{ch.status:9}{ch.minutes:>4}  {gpu}")
         for problem in check_book(book):
             print(f"warning: {problem}", file=sys.stderr)
         return 0

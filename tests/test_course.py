@@ -208,6 +208,19 @@ def test_cli_list_prints_every_chapter(capsys):
     assert re.search(r"^04 .* helps$", out, re.M)
 
 
+def test_cli_list_keeps_columns_apart_for_long_titles(tmp_path, capsys):
+    long = "A chapter title far longer than the table's old thirty-four columns"
+    book = write_book(
+        tmp_path, [chapter("01", "01_a", "planned", title=long), chapter("02", "02_b", "planned")]
+    )
+    assert main(["--book", str(book), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    status_at = lines[0].index("status")  # every status starts where the header's does
+    for line, status in zip(lines[1:], ("planned", "planned"), strict=True):
+        assert line[status_at:].startswith(status), line
+        assert line[:status_at].endswith("  "), line  # at least two spaces after the title
+
+
 def test_cli_help_names_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -532,6 +545,14 @@ def test_site_renders_a_ready_chapter_with_its_figures_widgets_and_math(tmp_path
     )
     assert "Demo chapter" in (out / "html" / "index.html").read_text("utf-8")
     assert main(["--book", str(root), "site", str(out)]) == 0  # rebuilding its own folder is fine
+
+
+def test_site_refuses_a_file_as_its_folder(tmp_path, capsys):
+    out = tmp_path / "site.txt"
+    out.write_text("not a folder")
+    assert main(["--book", str(REPO / "book.toml"), "site", str(out), "--no-html"]) == 1
+    assert f"error: out: {out} is a file; pass a new or empty folder" in capsys.readouterr().err
+    assert out.read_text() == "not a folder"
 
 
 def test_site_refuses_a_folder_it_did_not_make(tmp_path):
