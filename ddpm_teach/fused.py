@@ -66,11 +66,12 @@ def available() -> bool:
                 _build()
                 _state["ok"] = True
             except Exception as e:  # no compiler, no ninja, a failed build: fall back, say why
-                _state["ok"], _state["error"] = False, f"{type(e).__name__}: {e}"
+                _state["ok"], _state["error"] = False, _gist(e)
+                _state["error_detail"] = f"{type(e).__name__}: {e}"  # the whole build log
                 warnings.warn(
                     "ddpm_teach.fused: could not build the channels_last GroupNorm+SiLU kernel "
-                    f"({_gist(e)}); using torch's GroupNorm, which is slow on channels_last "
-                    "tensors",
+                    f"({_state['error']}); using torch's GroupNorm, which is slow on "
+                    "channels_last tensors",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -78,17 +79,19 @@ def available() -> bool:
 
 
 def _gist(err: Exception) -> str:
-    """The line of a build error that says what went wrong (a compiler's 'error:' line, not the
-    command line ninja prints first)."""
+    """The line of a build error that says what went wrong (the compiler's 'error:' or the
+    shell's 'not found'), not the command lines ninja prints before it."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if "error" in line.lower() and not line.startswith(("[", "FAILED")):
-            return line[:300]
+    for marker in ("error:", "not found", "No such file"):
+        for line in lines:
+            if marker in line:
+                return line[:300]
     return lines[0][:300] if lines else type(err).__name__
 
 
 def unavailable_reason() -> str | None:
-    """Why the last build attempt failed (None if it did not, or none was made)."""
+    """Why the last build attempt failed, in one line (None if it did not, or none was made);
+    the whole build log is in ``_state["error_detail"]``."""
     err = _state.get("error")
     return None if err is None else str(err)
 

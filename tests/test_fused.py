@@ -259,3 +259,17 @@ def test_backward_takes_any_layout_and_dtype_of_dy_and_refuses_double_backward()
     (g,) = torch.autograd.grad(y.square().sum(), xk, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()  # a second derivative would silently miss the kernel's part
+
+
+def test_a_build_failure_is_summed_up_by_its_cause_not_the_command_line():
+    log = (
+        "Error building extension 'ddpm_teach_group_norm_silu_x': [1/2] c++ -MMD -O3 -c a.cpp\n"
+        "FAILED: [code=1] group_norm_silu.o\n"
+        "c++ -MMD -MF group_norm_silu.o.d -O3 -march=native -c a.cpp -o group_norm_silu.o\n"
+        "{}\n"
+        "ninja: build stopped: subcommand failed.\n"
+    )
+    no_compiler = RuntimeError(log.format("/bin/sh: 1: c++: not found"))
+    assert fused._gist(no_compiler) == "/bin/sh: 1: c++: not found"
+    bad_code = RuntimeError(log.format("a.cpp:3:1: error: expected ';' before '}' token"))
+    assert fused._gist(bad_code) == "a.cpp:3:1: error: expected ';' before '}' token"
