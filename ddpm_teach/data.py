@@ -786,11 +786,22 @@ def _read_cifar_batch(f: io.IOBase, name: str) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{name}: expected a CIFAR-10 batch, a dict with b'data' and b'labels'")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
         raise ValueError(f"{name}: expected data (N, 3072) and N labels, got {data.shape}")
-    return data, labels
+    # Checked before the casts, which would wrap a 256 to 0 or a 10.0 to a class that is not one.
+    if data.dtype != np.uint8 and (
+        not np.issubdtype(data.dtype, np.integer)
+        or (data.size and (data.min() < 0 or data.max() > 255))
+    ):
+        raise ValueError(f"{name}: expected pixel values 0..255 (uint8), got dtype {data.dtype}")
+    if labels.size and (
+        not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9
+    ):
+        raise ValueError(
+            f"{name}: expected labels 0..9, got {labels.dtype} values {labels.min()}..{labels.max()}"
+        )
+    return data.astype(np.uint8, copy=False), labels.astype(np.int64, copy=False)
 
 
 def load_cifar10(

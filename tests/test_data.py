@@ -491,6 +491,29 @@ def test_cifar_cut_short_batch_is_named(tmp_path):
         load_cifar10(root=tmp_path, verify=False)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (b"labels", [0, 10], r"data_batch_2: expected labels 0\.\.9, got int64 values 0\.\.10"),
+        (b"labels", [0.0, 1.5], r"expected labels 0\.\.9, got float64"),
+        (b"data", np.full((2, 3072), 256, np.int64), r"expected pixel values 0\.\.255"),
+        (
+            b"data",
+            np.full((2, 3072), 0.5),
+            r"expected pixel values 0\.\.255 \(uint8\), got dtype float64",
+        ),
+    ],
+)
+def test_cifar_batch_out_of_range_is_refused(tmp_path, field, value, message):
+    write_cifar(tmp_path / "cifar10", as_archive=False)
+    path = tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_2"
+    batch = pickle.loads(path.read_bytes())
+    batch[field] = value
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match=message):
+        load_cifar10(root=tmp_path, verify=False)
+
+
 def test_cifar_archive_missing_a_batch(tmp_path):
     write_cifar(tmp_path / "cifar10", as_archive=True, skip="data_batch_3")
     with pytest.raises(ValueError, match=r"lacks \['cifar-10-batches-py/data_batch_3'\]"):
