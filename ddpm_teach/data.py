@@ -88,6 +88,8 @@ def _check_count(n: int, name: str = "n") -> int:
 def _generator(seed: int) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed: expected an int, got {seed!r}")
+    if seed < 0:  # as course.seed_everything: torch would wrap it, NumPy refuses it
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
 
 

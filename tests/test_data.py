@@ -103,6 +103,10 @@ def test_toy_bad_arguments():
         toy_2d("moons", 2.5)
     with pytest.raises(TypeError, match="seed"):
         toy_2d("moons", 10, seed="0")
+    with pytest.raises(ValueError, match="seed: expected a non-negative int, got -1"):
+        toy_2d("moons", 10, seed=-1)  # as course.seed_everything
+    with pytest.raises(ValueError, match="seed: expected a non-negative int, got -3"):
+        glyph_digits(4, seed=-3)
     assert toy_2d("moons", 0).shape == (0, 2)
 
 
