@@ -104,7 +104,7 @@ def run_config(
         f" forward GFLOP ours {fwd[0] / 1e9:.3f} / diffusers {fwd[1] / 1e9:.3f};"
         f" step (fwd+bwd) GFLOP {step_flops[0] / 1e9:.3f} / {step_flops[1] / 1e9:.3f}"
     )
-    variants = {"nchw": ours}
+    variants = {"nchw": ours} if "nchw" in args.layouts else {}
     if "channels_last" in args.layouts:
         if device.type == "cpu" and not fused.available():
             print(f"  channels_last skipped: no fused kernel ({fused.unavailable_reason()})")
@@ -112,8 +112,6 @@ def run_config(
             ours_cl = build_ours(cfg).to(device)
             ours_cl.load_state_dict(ours.state_dict())
             variants["channels_last"] = ours_cl.to(memory_format=torch.channels_last)
-    if "nchw" not in args.layouts:
-        del variants["nchw"]
     cl = torch.channels_last
     batch_cl = (x.contiguous(memory_format=cl), t, target.contiguous(memory_format=cl))
     rows = []

@@ -60,6 +60,8 @@ def available() -> bool:
     """
     if os.environ.get(ENV_SWITCH, "1").strip() == "0":
         return False
+    if "ok" in _state:  # decided: every GroupNorm call asks, so no lock once it is
+        return bool(_state["ok"])
     with _lock:
         if "ok" not in _state:
             try:
@@ -151,13 +153,11 @@ def _build() -> None:
     torch.ops.ddpm_teach.group_norm_silu  # noqa: B018 (raises if the ops did not register)
 
 
-def _is_compiling() -> bool:
-    # torch.compile traces through here; the opaque op would break its graph, so it gets torch's.
-    compiler = getattr(torch, "compiler", None)
-    is_compiling = getattr(compiler, "is_compiling", None)  # torch >= 2.3
-    if is_compiling is None:
-        is_compiling = getattr(getattr(torch, "_dynamo", None), "is_compiling", None)
-    return bool(is_compiling and is_compiling())
+# torch.compile traces through group_norm_silu; the opaque op would break its graph, so under
+# compile it takes torch's ops. torch.compiler.is_compiling is torch >= 2.3.
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (
+    lambda: bool(getattr(torch, "_dynamo", None) and torch._dynamo.is_compiling())
+)
 
 
 class _GroupNormSiLU(torch.autograd.Function):

@@ -287,8 +287,9 @@ class TrainConfig:
         bf16 (autocast to bfloat16 where the device computes it natively, see
         :func:`has_native_bf16`; elsewhere nothing, as emulated bf16 is slower), channels_last
         (that memory format for images; on the CPU only with :mod:`ddpm_teach.fused`'s GroupNorm
-        kernel, otherwise NCHW with a warning), compile (False; True or a mode of ``COMPILE_MODES`` for ``torch.compile`` of the
-        network), device (None: CUDA when available).
+        kernel, otherwise NCHW with a warning), compile (False; True or a mode of
+        ``COMPILE_MODES`` for ``torch.compile`` of the network), device (None: CUDA when
+        available).
     Outputs:
         seed, out_dir (None: write nothing), log_every (steps between loss read-outs; each one
         synchronises with the GPU), sample_every, checkpoint_every (0: only at the end),

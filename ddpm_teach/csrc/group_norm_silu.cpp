@@ -113,7 +113,7 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
                      float* dbeta_n, int64_t N, int64_t C, int64_t P, int64_t G) {
   const int64_t Cg = C / G;
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> a(C), b(C), sum_dz(C), sum_dz_x(C), ca(C), cb(C), cc(C);
+    std::vector<float> a(C), b(C), sum_dz(C), sum_dz_x(C), cb(C), cc(C);
     std::vector<float> dz_sample(P * C);  // this sample's dz, from the first pass to the second
     for (int64_t n = n0; n < n1; ++n) {
       const T* xn = x + n * P * C;
@@ -161,12 +161,10 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
         const double B = -r * r * sum_gdz_xhat / count;
         const double Cst = -r * sum_gdz / count - B * m;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          ca[c] = static_cast<float>(r * gamma[c]);
           cb[c] = static_cast<float>(B);
           cc[c] = static_cast<float>(Cst);
         }
       }
-      const float* __restrict__ qa = ca.data();
       const float* __restrict__ qb = cb.data();
       const float* __restrict__ qc = cc.data();
       T* dxn = dx + n * P * C;
@@ -176,7 +174,7 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
         const float* __restrict__ dzp = dz_sample.data() + p * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          store(dxp, c, qa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c]);
+          store(dxp, c, pa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c]);  // pa = r_g gamma_c
         }
       }
     }
