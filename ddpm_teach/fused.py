@@ -161,23 +161,35 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 
 
 class _GroupNormSiLU(torch.autograd.Function):
-    """Autograd wrapper: the kernel's backward gives dx, dgamma and dbeta in one call."""
+    """Autograd wrapper: the kernel's backward gives dx, dgamma, dbeta (and dshift) in one call."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool):
-        y, mean, rstd = torch.ops.ddpm_teach.group_norm_silu(x, weight, bias, groups, eps, silu)
-        ctx.save_for_backward(x, mean, rstd, weight, bias)
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        groups: int,
+        eps: float,
+        silu: bool,
+        shift: Tensor | None,
+    ):
+        y, mean, rstd = torch.ops.ddpm_teach.group_norm_silu(
+            x, weight, bias, groups, eps, silu, shift
+        )
+        ctx.save_for_backward(x, mean, rstd, weight, bias, shift)
         ctx.groups, ctx.silu = groups, silu
         return y
 
     @staticmethod
     @once_differentiable  # no second derivative: refuse double backward instead of zeros
     def backward(ctx, dy: Tensor):
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        dx, dw, db = torch.ops.ddpm_teach.group_norm_silu_backward(
-            dy, x, mean, rstd, weight, bias, ctx.groups, ctx.silu
+        x, mean, rstd, weight, bias, shift = ctx.saved_tensors
+        dx, dw, db, ds = torch.ops.ddpm_teach.group_norm_silu_backward(
+            dy, x, mean, rstd, weight, bias, ctx.groups, ctx.silu, shift
         )
-        return dx, dw.to(weight.dtype), db.to(bias.dtype), None, None, None
+        ds = None if shift is None else ds.to(shift.dtype)
+        return dx, dw.to(weight.dtype), db.to(bias.dtype), None, None, None, ds
 
 
 def uses_kernel(x: Tensor) -> bool:
@@ -194,19 +206,32 @@ def uses_kernel(x: Tensor) -> bool:
     )
 
 
-def group_norm_silu(norm: nn.GroupNorm, x: Tensor, silu: bool = True) -> Tensor:
-    """``F.silu(norm(x))`` (or ``norm(x)`` with ``silu=False``), one fused kernel where it pays.
+def group_norm_silu(
+    norm: nn.GroupNorm, x: Tensor, silu: bool = True, shift: Tensor | None = None
+) -> Tensor:
+    """``F.silu(norm(x + shift))`` (or without the SiLU), one fused kernel where it pays.
 
     Args:
         norm: the GroupNorm whose groups, eps, weight and bias are used (affine).
         x: (N, C, H, W) activations.
         silu: apply SiLU after the normalisation.
+        shift: None, or (N, C): a value per sample and channel added to every pixel before the
+            normalisation (the ResBlock's time embedding). The kernel adds it on the fly: on
+            channels_last bfloat16 tensors torch's broadcast add is 15x slower than on NCHW
+            (1.8 against 0.13 ms at 64 x 16 x 28 x 28), and fused it costs no pass of its own.
 
     Returns:
-        A tensor like ``x``, in its memory format. The compiled kernel runs where
-        :func:`uses_kernel` says so; everywhere else, torch's GroupNorm and SiLU.
+        A tensor like ``x``, in its memory format; ``x`` itself is left as it is. The compiled
+        kernel runs where :func:`uses_kernel` says so; everywhere else, torch's ops.
     """
+    if shift is not None and (shift.dim() != 2 or tuple(shift.shape) != tuple(x.shape[:2])):
+        raise ValueError(
+            f"shift: expected (N, C) = {tuple(x.shape[:2])}, one value per sample and channel, "
+            f"got {tuple(shift.shape)}"
+        )
     if norm.affine and uses_kernel(x):
-        return _GroupNormSiLU.apply(x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu)
-    h = norm(x)
+        return _GroupNormSiLU.apply(
+            x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu, shift
+        )
+    h = norm(x if shift is None else x + shift[:, :, None, None])
     return F.silu(h) if silu else h

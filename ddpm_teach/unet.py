@@ -127,10 +127,11 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
         h = self.conv1(group_norm_silu(self.norm1, x))  # SiLU(GroupNorm(x)) -> (B, out, H, W)
-        # In place: a conv's backward never reads its output, so both adds may reuse it
-        # (two fewer activation-sized allocations per block).
-        h += self.emb_proj(emb_act)[:, :, None, None]  # the same shift at every pixel
-        h = self.conv2(self.dropout(group_norm_silu(self.norm2, h)))
+        # The time embedding, the same shift at every pixel, is added inside the second norm:
+        # SiLU(GroupNorm(h + emb_proj(emb))), one kernel where group_norm_silu has one.
+        h = group_norm_silu(self.norm2, h, shift=self.emb_proj(emb_act))
+        h = self.conv2(self.dropout(h))
+        # In place: a conv's backward never reads its output (one fewer allocation per block).
         return h.add_(self.skip(x))
 
 

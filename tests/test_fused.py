@@ -42,6 +42,7 @@ def _case(n, c, size, groups, seed=0):
 
 
 @needs_kernel
+@pytest.mark.parametrize("shift", [False, True], ids=["", "shift"])
 @pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize(
     ("dtype", "tol"), [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"]
@@ -49,11 +50,14 @@ def _case(n, c, size, groups, seed=0):
 @pytest.mark.parametrize(
     ("n", "c", "size", "groups"), [(3, 32, 7, 32), (2, 64, 5, 32), (2, 12, 6, 3)]
 )
-def test_kernel_matches_group_norm_then_silu(n, c, size, groups, dtype, tol, silu):
+def test_kernel_matches_group_norm_then_silu(n, c, size, groups, dtype, tol, silu, shift):
     x, norm, dy = _case(n, c, size, groups)
     xk = x.to(dtype).contiguous(memory_format=CL).requires_grad_()
+    # A shift per sample and channel, as large as the channel means: it moves the statistics.
+    s = (10.0 * torch.randn(n, c, generator=torch.Generator().manual_seed(1))).to(dtype)
+    s = s.requires_grad_() if shift else None
     assert fused.uses_kernel(xk)
-    y = fused.group_norm_silu(norm, xk, silu=silu)
+    y = fused.group_norm_silu(norm, xk, silu=silu, shift=s)
     y.backward(dy.to(dtype).contiguous(memory_format=CL))
     assert y.dtype == dtype and y.is_contiguous(memory_format=CL)
     assert xk.grad.dtype == dtype and xk.grad.is_contiguous(memory_format=CL)
@@ -62,11 +66,22 @@ def test_kernel_matches_group_norm_then_silu(n, c, size, groups, dtype, tol, sil
     xr = xk.detach().double().requires_grad_()  # the same (rounded) input, in float64
     ref_norm = nn.GroupNorm(groups, c, eps=norm.eps).double()
     ref_norm.load_state_dict(norm.state_dict())
-    yr = _reference(xr, ref_norm, silu)
+    if shift:
+        sr = s.detach().double().requires_grad_()
+        yr = _reference(xr + sr[:, :, None, None], ref_norm, silu)
+    else:
+        yr = _reference(xr, ref_norm, silu)
     yr.backward(dy.to(dtype).double())
     want = {"y": yr, "dx": xr.grad, "dgamma": ref_norm.weight.grad, "dbeta": ref_norm.bias.grad}
+    scale = {key: ref.abs().max() for key, ref in want.items()}
+    if shift:
+        assert s.grad.dtype == dtype and s.grad.shape == (n, c)
+        got["dshift"], want["dshift"] = s.grad, sr.grad
+        # dshift sums dx over the pixels; with one channel per group it is 0 (the norm removes a
+        # per-channel shift), so its error is measured against the size of such a sum.
+        scale["dshift"] = max(sr.grad.abs().max(), size * size * xr.grad.abs().max())
     for key, ref in want.items():
-        err = (got[key].double() - ref).abs().max() / ref.abs().max()
+        err = (got[key].double() - ref).abs().max() / scale[key]
         assert err < tol, f"{key}: relative error {err:.2e} (tolerance {tol})"
 
 
@@ -126,6 +141,29 @@ def test_channels_last_unet_matches_nchw_through_the_kernel(bf16, monkeypatch):
     tol = 3e-2 if bf16 else 1e-4
     assert (outs[0] - outs[1]).abs().max() < tol * outs[0].abs().max()
     assert (grads[0] - grads[1]).abs().max() < tol * grads[0].abs().max()
+
+
+@needs_kernel
+def test_shift_of_the_wrong_shape_is_refused_by_name():
+    norm = nn.GroupNorm(4, 8)
+    x = torch.randn(2, 8, 5, 5)
+    for xin in (x, x.contiguous(memory_format=CL)):  # torch's path and the kernel's
+        for bad in (torch.randn(2, 4), torch.randn(8), torch.randn(2, 8, 1, 1)):
+            with pytest.raises(ValueError, match=r"shift: expected \(N, C\) = \(2, 8\)"):
+                fused.group_norm_silu(norm, xin, shift=bad)
+    with pytest.raises(RuntimeError, match=r"shift must be \(N, C\)"):
+        torch.ops.ddpm_teach.group_norm_silu(
+            x.contiguous(memory_format=CL), norm.weight, norm.bias, 4, 1e-5, True, torch.ones(3, 8)
+        )
+
+
+def test_shift_outside_the_kernel_is_added_before_the_norm_and_x_is_left_alone():
+    norm = nn.GroupNorm(4, 8)
+    x, s = torch.randn(2, 8, 5, 5), torch.randn(2, 8)
+    before = x.clone()
+    got = fused.group_norm_silu(norm, x, shift=s)
+    torch.testing.assert_close(got, F.silu(norm(x + s[:, :, None, None])), rtol=0, atol=0)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
 
 
 def test_falls_back_to_torch_when_switched_off(monkeypatch):

@@ -1,5 +1,5 @@
 // GroupNorm (optionally followed by SiLU) for channels_last tensors on the CPU, forward and
-// backward. Built on first use by ddpm_teach/fused.py, which explains why it exists and holds the
+// backward, optionally of x plus a per-(sample, channel) shift (the ResBlock's time embedding). Built on first use by ddpm_teach/fused.py, which explains why it exists and holds the
 // autograd wrapper; the math is nn.GroupNorm's (Wu & He 2018) then F.silu.
 //
 // Layout: x is (N, C, H, W) with channels_last strides, i.e. memory (N, P = H*W, C) with the
@@ -9,6 +9,8 @@
 // Forward, for sample n and group g (channels c in g, Cg = C / G of them, M = P * Cg values):
 //   mean_g, var_g over the group's M values;  r_g = 1 / sqrt(var_g + eps)
 //   z = (x - mean_g) * r_g * gamma_c + beta_c = x * a_c + b_c;  y = silu(z) = z * sigmoid(z)
+// With a shift s (N, C) the input is u = x + s_nc: the same formulas with u for x. u is never
+// stored: the channel's mean moves by s_nc and b_c absorbs it; ds_nc = sum over pixels of du.
 // Backward, with dz = dy * silu'(z) (= dy without SiLU), xhat = (x - mean_g) * r_g:
 //   dbeta_c = sum dz;  dgamma_c = sum dz * xhat
 //   dx = r_g * (gamma_c dz - mean(gamma dz) - xhat * mean(gamma dz xhat))   (means over the group)
@@ -52,16 +54,18 @@ inline void store(uint16_t* p, int64_t i, float v) {
 inline float sigmoid(float z) { return 1.f / (1.f + std::exp(std::min(-z, 80.f))); }
 
 template <typename T, bool kSiLU>
-void forward_kernel(const T* x, const float* gamma, const float* beta, T* y, float* mean,
-                    float* rstd, int64_t N, int64_t C, int64_t P, int64_t G, double eps) {
+void forward_kernel(const T* x, const float* shift, const float* gamma, const float* beta, T* y,
+                    float* mean, float* rstd, int64_t N, int64_t C, int64_t P, int64_t G,
+                    double eps) {
   const int64_t Cg = C / G;
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     // Per-channel sums of d = x - k_c, shifted by the channel's first value k_c so that the
     // variance does not cancel catastrophically when |mean| >> std.
-    std::vector<float> k(C), s(C), q(C), a(C), b(C);
+    std::vector<float> k(C), s(C), q(C), a(C), b(C), sh(C, 0.f);
     for (int64_t n = n0; n < n1; ++n) {
       const T* xn = x + n * P * C;
       for (int64_t c = 0; c < C; ++c) k[c] = load(xn, c), s[c] = 0.f, q[c] = 0.f;
+      if (shift) std::copy(shift + n * C, shift + (n + 1) * C, sh.begin());
       float* __restrict__ ps = s.data();
       float* __restrict__ pq = q.data();
       const float* __restrict__ pk = k.data();
@@ -77,10 +81,11 @@ void forward_kernel(const T* x, const float* gamma, const float* beta, T* y, flo
       // Combine the channels of each group (Chan et al.'s pairwise update, in double).
       for (int64_t g = 0; g < G; ++g) {
         double m = 0.0, m2 = 0.0;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) m += k[c] + double(s[c]) / P;
+        // The channel means of u = x + s: a shift moves them, not the sums of squares about them.
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) m += k[c] + double(sh[c]) + double(s[c]) / P;
         m /= Cg;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          const double mc = k[c] + double(s[c]) / P;
+          const double mc = k[c] + double(sh[c]) + double(s[c]) / P;
           m2 += double(q[c]) - double(s[c]) * s[c] / P + P * (mc - m) * (mc - m);
         }
         const float r = static_cast<float>(1.0 / std::sqrt(std::max(m2 / (P * Cg), 0.0) + eps));
@@ -88,7 +93,7 @@ void forward_kernel(const T* x, const float* gamma, const float* beta, T* y, flo
         rstd[n * G + g] = r;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
           a[c] = r * gamma[c];
-          b[c] = beta[c] - static_cast<float>(m) * a[c];
+          b[c] = beta[c] + static_cast<float>(sh[c] - m) * a[c];  // z = (x + s - mean) a + beta
         }
       }
       const float* __restrict__ pa = a.data();
@@ -108,20 +113,22 @@ void forward_kernel(const T* x, const float* gamma, const float* beta, T* y, flo
 }
 
 template <typename T, bool kSiLU>
-void backward_kernel(const T* dy, const T* x, const float* mean, const float* rstd,
-                     const float* gamma, const float* beta, T* dx, float* dgamma_n,
-                     float* dbeta_n, int64_t N, int64_t C, int64_t P, int64_t G) {
+void backward_kernel(const T* dy, const T* x, const float* shift, const float* mean,
+                     const float* rstd, const float* gamma, const float* beta, T* dx,
+                     float* dgamma_n, float* dbeta_n, float* dshift, int64_t N, int64_t C,
+                     int64_t P, int64_t G) {
   const int64_t Cg = C / G;
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> a(C), b(C), sum_dz(C), sum_dz_x(C), cb(C), cc(C);
+    std::vector<float> a(C), b(C), sum_dz(C), sum_dz_x(C), cb(C), cc(C), sh(C, 0.f);
     std::vector<float> dz_sample(P * C);  // this sample's dz, from the first pass to the second
     for (int64_t n = n0; n < n1; ++n) {
       const T* xn = x + n * P * C;
       const T* dyn = dy + n * P * C;
+      if (shift) std::copy(shift + n * C, shift + (n + 1) * C, sh.begin());
       for (int64_t c = 0; c < C; ++c) {
         const int64_t g = c / Cg;
         a[c] = rstd[n * G + g] * gamma[c];
-        b[c] = beta[c] - mean[n * G + g] * a[c];
+        b[c] = beta[c] + (sh[c] - mean[n * G + g]) * a[c];
         sum_dz[c] = 0.f;
         sum_dz_x[c] = 0.f;
       }
@@ -151,7 +158,8 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
         const double m = mean[n * G + g], r = rstd[n * G + g];
         double sum_gdz = 0.0, sum_gdz_xhat = 0.0;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          const double dz_xhat = r * (double(sum_dz_x[c]) - m * sum_dz[c]);  // sum dz * xhat
+          // sum dz * xhat, with xhat = (x + s - mean) r
+          const double dz_xhat = r * (double(sum_dz_x[c]) + (double(sh[c]) - m) * sum_dz[c]);
           dbeta_n[n * C + c] = sum_dz[c];
           dgamma_n[n * C + c] = static_cast<float>(dz_xhat);
           sum_gdz += double(gamma[c]) * sum_dz[c];
@@ -162,12 +170,28 @@ void backward_kernel(const T* dy, const T* x, const float* mean, const float* rs
         const double Cst = -r * sum_gdz / count - B * m;
         for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
           cb[c] = static_cast<float>(B);
-          cc[c] = static_cast<float>(Cst);
+          cc[c] = static_cast<float>(Cst + B * sh[c]);  // B u + C = B x + (C + B s)
         }
       }
       const float* __restrict__ qb = cb.data();
       const float* __restrict__ qc = cc.data();
       T* dxn = dx + n * P * C;
+      if (dshift) {  // ds_nc = sum over pixels of dx (the shift feeds every pixel of u)
+        float* __restrict__ ds = dshift + n * C;
+        for (int64_t c = 0; c < C; ++c) ds[c] = 0.f;
+        for (int64_t p = 0; p < P; ++p) {
+          const T* xp = xn + p * C;
+          T* dxp = dxn + p * C;
+          const float* __restrict__ dzp = dz_sample.data() + p * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const float v = pa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c];
+            store(dxp, c, v);
+            ds[c] += v;
+          }
+        }
+        continue;
+      }
       for (int64_t p = 0; p < P; ++p) {
         const T* xp = xn + p * C;
         T* dxp = dxn + p * C;
@@ -197,6 +221,20 @@ void check_input(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
               "group_norm_silu: weight and bias must be on the CPU");
 }
 
+// The optional shift as contiguous float32 (N, C), or an undefined tensor for none.
+at::Tensor shift_as_float(const at::Tensor& x, const c10::optional<at::Tensor>& shift) {
+  if (!shift.has_value() || !shift->defined()) return at::Tensor();
+  TORCH_CHECK(shift->device().is_cpu(), "group_norm_silu: shift must be on the CPU");
+  TORCH_CHECK(shift->dim() == 2 && shift->size(0) == x.size(0) && shift->size(1) == x.size(1),
+              "group_norm_silu: shift must be (N, C) = (", x.size(0), ", ", x.size(1),
+              "), got ", shift->sizes());
+  return shift->to(at::kFloat).contiguous();
+}
+
+inline const float* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
+
 // Dispatch on (dtype, silu) to the four instantiations; raw pointers because the kernels read
 // bfloat16 as uint16_t.
 #define DDPM_DISPATCH(x, silu, KERNEL, ...)                                        \
@@ -208,11 +246,11 @@ void check_input(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
     if (silu) KERNEL<T, true>(__VA_ARGS__); else KERNEL<T, false>(__VA_ARGS__);    \
   }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x,
-                                                       const at::Tensor& weight,
-                                                       const at::Tensor& bias, int64_t groups,
-                                                       double eps, bool silu) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
+    double eps, bool silu, const c10::optional<at::Tensor>& shift_in) {
   check_input(x, weight, bias, groups);
+  const auto shift = shift_as_float(x, shift_in);
   const int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   TORCH_CHECK(P > 0 || N == 0, "group_norm_silu: x has no pixels to normalise over");
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
@@ -220,16 +258,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x,
   auto rstd = at::empty({N, groups}, x.options().dtype(at::kFloat));
   const auto w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
   DDPM_DISPATCH(x, silu, forward_kernel, static_cast<const T*>(x.data_ptr()),
-                w.data_ptr<float>(), b.data_ptr<float>(),
+                ptr_or_null(shift), w.data_ptr<float>(), b.data_ptr<float>(),
                 static_cast<T*>(y.data_ptr()), mean.data_ptr<float>(),
                 rstd.data_ptr<float>(), N, C, P, groups, eps)
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& dy_in, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-    const at::Tensor& weight, const at::Tensor& bias, int64_t groups, bool silu) {
+    const at::Tensor& weight, const at::Tensor& bias, int64_t groups, bool silu,
+    const c10::optional<at::Tensor>& shift_in) {
   check_input(x, weight, bias, groups);
+  const auto shift = shift_as_float(x, shift_in);
   TORCH_CHECK(dy_in.sizes() == x.sizes(), "group_norm_silu_backward: dy must have x's shape ",
               x.sizes(), ", got ", dy_in.sizes());
   TORCH_CHECK(mean.numel() == x.size(0) * groups && rstd.numel() == x.size(0) * groups &&
@@ -241,25 +281,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto dgamma = at::empty({N, C}, x.options().dtype(at::kFloat));  // per sample, summed below
   auto dbeta = at::empty({N, C}, x.options().dtype(at::kFloat));
+  // The shift's gradient, (N, C) float32; an empty tensor when there is no shift.
+  auto dshift = at::empty({shift.defined() ? N : 0, C}, x.options().dtype(at::kFloat));
   const auto w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
   const auto m = mean.contiguous(), r = rstd.contiguous();
   DDPM_DISPATCH(x, silu, backward_kernel, static_cast<const T*>(dy.data_ptr()),
-                static_cast<const T*>(x.data_ptr()), m.data_ptr<float>(),
+                static_cast<const T*>(x.data_ptr()), ptr_or_null(shift), m.data_ptr<float>(),
                 r.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(),
                 static_cast<T*>(dx.data_ptr()), dgamma.data_ptr<float>(),
-                dbeta.data_ptr<float>(), N, C, P, groups)
-  return {dx, dgamma.sum(0), dbeta.sum(0)};
+                dbeta.data_ptr<float>(), shift.defined() ? dshift.data_ptr<float>() : nullptr,
+                N, C, P, groups)
+  return {dx, dgamma.sum(0), dbeta.sum(0), dshift};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(ddpm_teach, m) {
   m.def(
-      "group_norm_silu(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu)"
-      " -> (Tensor, Tensor, Tensor)");
+      "group_norm_silu(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu,"
+      " Tensor? shift=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "group_norm_silu_backward(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor weight,"
-      " Tensor bias, int groups, bool silu) -> (Tensor, Tensor, Tensor)");
+      " Tensor bias, int groups, bool silu, Tensor? shift=None)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ddpm_teach, CPU, m) {
