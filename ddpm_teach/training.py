@@ -6,6 +6,11 @@ Ho, Jain & Abbeel (2020), Algorithm 1 and eq. 14. Repeat:
     x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps                       (eq. 4)
     take a gradient step on  L_simple = || eps - eps_theta(x_t, t) ||^2              (eq. 14)
 
+Two changes of that loop are options (``TrainConfig``), both used by the ``cpu`` budget: the loss
+of step t may be weighted (Min-SNR-gamma, :func:`min_snr_weight`), and t may be drawn where the
+loss is large instead of uniformly, each example weighted by 1 / (T p_t) so that the expected loss
+is unchanged (importance sampling, :class:`LossAwareSampler`).
+
 The network may instead predict x_0 or v (Salimans & Ho 2022): the target changes
 (``NoiseSchedule.target``), the loss stays a plain mean squared error. The paper's recipe around
 that loop, all kept here: Adam(W) with a linear learning-rate warm-up, gradient clipping at norm 1,
@@ -64,6 +69,8 @@ __all__ = [
     "COMPILE_MODES",
     "MODEL_KINDS",
     "SCHEDULE_KINDS",
+    "T_SAMPLINGS",
+    "LossAwareSampler",
     "NonFiniteLossError",
     "TrainConfig",
     "Trainer",
@@ -89,6 +96,9 @@ SCHEDULE_KINDS = ("linear", "cosine")
 
 #: What the learning rate does after the warm-up (see :meth:`Trainer.lr_at`).
 LR_DECAYS = ("none", "cosine")
+
+#: How the trainer draws t: uniformly (Algorithm 1) or by :class:`LossAwareSampler`.
+T_SAMPLINGS = ("uniform", "loss-aware")
 
 #: ``torch.compile`` modes ``TrainConfig.compile`` may name; True means "default".
 #: "reduce-overhead" adds CUDA graphs on a GPU, for steps bound by kernel launches.
@@ -116,6 +126,7 @@ _RESUME_FIELDS = (
     "grad_clip",
     "ema_decay",
     "ema_warmup",
+    "t_sampling",
     "seed",
 )
 
@@ -239,6 +250,99 @@ def ema_decay_at(num_updates: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + num_updates) / (10 + num_updates))
 
 
+class LossAwareSampler:
+    """Draw t where the loss is large, and weight each example so the expected loss is unchanged.
+
+    Importance sampling of the time step, as Nichol & Dhariwal (2021, "Improved Denoising
+    Diffusion Probabilistic Models", section 3.3) did for the variational bound: the training loss
+    is the mean over t of L_t, and drawing t with probability p_t instead of 1/T, then weighting
+    its loss by 1 / (T p_t), keeps the expectation:
+
+        E_{t ~ p} [ L_t / (T p_t) ] = sum_t p_t L_t / (T p_t) = (1/T) sum_t L_t.
+
+    The gradient's variance is smallest for p_t proportional to the root mean square of L_t, which
+    is estimated from the last ``history`` losses seen at each t. Until every t has that many, t is
+    drawn uniformly; afterwards p is mixed with a little of the uniform distribution
+    (``uniform_share``) so that no step is starved. Steps whose (weighted) loss is near zero, like
+    the nearly clean steps under Min-SNR weighting, are then drawn rarely, and the batch goes to
+    the steps that still have something to learn.
+
+    Args:
+        num_steps: T, the number of steps t = 0 .. T-1.
+        history: losses remembered per step (10 in the paper).
+        uniform_share: weight of the uniform distribution in p (1e-3 in the paper's code).
+    """
+
+    def __init__(self, num_steps: int, history: int = 10, uniform_share: float = 1e-3) -> None:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps: expected an int >= 1, got {num_steps!r}")
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise ValueError(f"history: expected an int >= 1, got {history!r}")
+        if not 0.0 < uniform_share <= 1.0:
+            raise ValueError(f"uniform_share: expected a number in (0, 1], got {uniform_share!r}")
+        self.num_steps, self.history, self.uniform_share = num_steps, history, uniform_share
+        self.losses = torch.zeros(num_steps, history, dtype=torch.float64)  # a ring per step
+        self.counts = torch.zeros(num_steps, dtype=torch.long)  # losses seen per step
+        self._p: Tensor | None = None  # cached until the next update
+
+    @property
+    def warm(self) -> bool:
+        """Whether every step has ``history`` losses (before that, p is uniform)."""
+        return bool((self.counts >= self.history).all())
+
+    def probs(self) -> Tensor:
+        """p_t for t = 0 .. T-1, float64, shape (T,), summing to 1."""
+        if self._p is None:
+            T = self.num_steps
+            p = torch.full((T,), 1.0 / T, dtype=torch.float64)
+            if self.warm:
+                rms = self.losses.square().mean(1).sqrt()
+                if rms.sum() > 0:
+                    p = (1 - self.uniform_share) * rms / rms.sum() + self.uniform_share / T
+            self._p = p
+        return self._p
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(t, weights): n steps drawn from p, int64 (n,), and their weights 1 / (T p_t),
+        float64 (n,); uniform draws (before the history is full) have weight 1."""
+        p = self.probs()
+        if not self.warm:
+            t = torch.randint(0, self.num_steps, (n,), generator=generator)
+            return t, torch.ones(n, dtype=torch.float64)
+        t = torch.multinomial(p, n, replacement=True, generator=generator)
+        return t, 1.0 / (self.num_steps * p[t])
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Remember the (unweighted by 1 / (T p)) loss of each example at its step t; non-finite
+        losses are skipped (the trainer stops on them anyway)."""
+        t, losses = t.detach().cpu().long().flatten(), losses.detach().cpu().double().flatten()
+        if t.shape != losses.shape:
+            raise ValueError(
+                f"losses: expected one per t, got {tuple(losses.shape)} for t {tuple(t.shape)}"
+            )
+        for step, loss in zip(t.tolist(), losses.tolist(), strict=True):
+            if math.isfinite(loss):
+                self.losses[step, self.counts[step] % self.history] = loss
+                self.counts[step] += 1
+        self._p = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": self.losses.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        losses, counts = state["losses"], state["counts"]
+        if tuple(losses.shape) != tuple(self.losses.shape) or tuple(counts.shape) != (
+            self.num_steps,
+        ):
+            raise ValueError(
+                f"t sampler state: expected losses {tuple(self.losses.shape)} and counts "
+                f"({self.num_steps},), got {tuple(losses.shape)} and {tuple(counts.shape)}"
+            )
+        self.losses = losses.detach().cpu().double().clone()
+        self.counts = counts.detach().cpu().long().clone()
+        self._p = None
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """theta_ema <- decay * theta_ema + (1 - decay) * theta, for every parameter; buffers copied.
@@ -277,7 +381,8 @@ class TrainConfig:
     Diffusion:
         schedule ("linear" | "cosine"), num_steps (T), prediction ("eps" | "x0" | "v"),
         min_snr_gamma (None: L_simple as in the paper; a number gamma: the Min-SNR-gamma weighting
-        of Hang et al. 2023, see :func:`min_snr_weight`).
+        of Hang et al. 2023, see :func:`min_snr_weight`), t_sampling ("uniform" as in the paper,
+        or "loss-aware": t drawn where the loss is large, see :class:`LossAwareSampler`).
     Optimisation:
         train_steps, batch_size (the global batch, over all processes), lr, warmup_steps (linear
         warm-up from 0), lr_decay ("none": flat after the warm-up; "cosine": half a cosine from lr
@@ -309,6 +414,7 @@ class TrainConfig:
     num_steps: int = 1000
     prediction: str = "eps"
     min_snr_gamma: float | None = None
+    t_sampling: str = "uniform"
     train_steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-4
@@ -365,6 +471,8 @@ class TrainConfig:
                 f"min_snr_gamma: expected a positive number (5 in the paper) or None, got "
                 f"{self.min_snr_gamma!r}"
             )
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"t_sampling: expected one of {T_SAMPLINGS}, got {self.t_sampling!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a finite number >= 0, got {self.lr!r}")
         if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES):
@@ -416,6 +524,7 @@ class TrainConfig:
             num_steps=b.num_steps,
             prediction=b.prediction,
             min_snr_gamma=None if toy else b.min_snr_gamma,
+            t_sampling="uniform" if toy else b.t_sampling,
             train_steps=steps,
             batch_size=b.toy_batch_size if toy else b.batch_size,
             lr=b.toy_lr if toy else b.lr,
@@ -581,6 +690,7 @@ class Trainer:
         self.data = self._load_data(data)
         self.is_image = self.data.ndim == 4
         self.schedule = make_schedule(cfg.schedule, cfg.num_steps)
+        self.t_sampler = LossAwareSampler(cfg.num_steps) if cfg.t_sampling == "loss-aware" else None
         if model is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)  # the initial weights: identical on every rank
@@ -704,14 +814,22 @@ class Trainer:
         return torch.cat(parts)
 
     def _batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """This process's slice of step ``step``'s global batch: (x_0, t on the CPU, eps)."""
+        """This process's slice of step ``step``'s global batch: (x_0, t on the CPU, eps).
+
+        With loss-aware t sampling, ``self._t_global`` and ``self._t_weight`` keep the whole
+        batch's t and this slice's importance weights 1 / (T p_t) for the step.
+        """
         cfg = self.config
         size = cfg.batch_size
         lo = self.rank * size // self.world_size
         hi = lo + size // self.world_size
         g = self._cpu_gen.manual_seed(_mix(cfg.seed, step, _STREAM_BATCH))
         # t stays on the CPU: the schedule gathers its coefficients there without a device sync.
-        t = torch.randint(0, self.schedule.num_steps, (size,), generator=g)[lo:hi]
+        if self.t_sampler is None:
+            t = torch.randint(0, self.schedule.num_steps, (size,), generator=g)[lo:hi]
+        else:
+            self._t_global, weight = self.t_sampler.sample(size, g)
+            t, self._t_weight = self._t_global[lo:hi], weight[lo:hi]
         idx = self._indices(step)[lo:hi]
         # non_blocking: a blocking host-to-device copy would also wait for the previous step.
         x0 = self.data[idx.to(self.device, non_blocking=True)]
@@ -753,12 +871,19 @@ class Trainer:
         self.net.train()
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.net(x_t, t.to(self.device, non_blocking=True))
-        if cfg.min_snr_gamma is None:
+        if cfg.min_snr_gamma is None and self.t_sampler is None:
             loss = F.mse_loss(out.float(), target.float())  # eq. 14, in fp32 whatever the autocast
         else:
-            w = min_snr_weight(self.schedule, t, cfg.prediction, cfg.min_snr_gamma)
             per_example = (out.float() - target.float()).square().flatten(1).mean(1)
-            loss = (w.to(self.device, torch.float32, non_blocking=True) * per_example).mean()
+            if cfg.min_snr_gamma is not None:
+                w = min_snr_weight(self.schedule, t, cfg.prediction, cfg.min_snr_gamma)
+                per_example = w.to(self.device, torch.float32, non_blocking=True) * per_example
+            if self.t_sampler is None:
+                loss = per_example.mean()
+            else:
+                w_is = self._t_weight.to(self.device, torch.float32, non_blocking=True)
+                loss = (w_is * per_example).mean()  # the uniform-t loss in expectation
+                self._update_t_sampler(per_example.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -773,6 +898,16 @@ class Trainer:
         # Kept on the device; read out (one synchronisation) every log_every steps.
         self._pending.append((loss.detach(), None if grad_norm is None else grad_norm.detach()))
         self._pending_lr = lr
+
+    def _update_t_sampler(self, losses: Tensor) -> None:
+        """Hand the whole global batch's per-example losses to the t sampler, in the same order on
+        every process, so that each one draws the same t next. One synchronisation with the GPU
+        per step: only the ``cpu`` budget samples t this way."""
+        if self.world_size > 1:  # rank r holds slice r of the batch: concatenate in rank order
+            parts = [torch.empty_like(losses) for _ in range(self.world_size)]
+            dist.all_gather(parts, losses.contiguous())
+            losses = torch.cat(parts)
+        self.t_sampler.update(self._t_global, losses)
 
     def _read_out(self, bar: Any) -> None:
         """Move the pending losses to the history, checking each; log, call on_log, update bar."""
@@ -959,6 +1094,8 @@ class Trainer:
             },
             "data_shape": list(self.data.shape[1:]),
             "history": [list(h) for h in self.history],
+            # The loss-aware t sampler's memory: the next t depends on it.
+            "t_sampler": None if self.t_sampler is None else self.t_sampler.state_dict(),
             "log": self.log,
             "train_time_s": self.train_time,
             "world_size": self.world_size,
@@ -1000,6 +1137,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.t_sampler is not None:
+            self.t_sampler.load_state_dict(ckpt["t_sampler"])
         self.step = ckpt["step"]
         self.history = [(int(s), float(v)) for s, v in ckpt["history"]]
         self.log = list(ckpt["log"])

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -31,13 +32,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, out_dir: str, t_sampling: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
     torch.set_num_threads(1)
-    trainer = Trainer(TrainConfig(**CONFIG, out_dir=out_dir), IMAGES, progress=False)
+    config = TrainConfig(**CONFIG, out_dir=out_dir, t_sampling=t_sampling)
+    trainer = Trainer(config, IMAGES, progress=False)
     try:
         trainer.train(1)
         grads = [p.grad.clone() for p in trainer.model.parameters()]
@@ -54,17 +56,19 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             wrote=str(trainer.save_checkpoint()),
             world_size=trainer.world_size,
             odd=odd,
+            t_sampler=None if trainer.t_sampler is None else trainer.t_sampler.state_dict(),
         )
         torch.save(result, os.path.join(out_dir, f"rank{rank}.result"))
     finally:
         trainer.close()
 
 
-def test_two_processes_give_the_gradients_of_one(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("t_sampling", ["uniform", "loss-aware"])
+def test_two_processes_give_the_gradients_of_one(tmp_path, t_sampling):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), t_sampling), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.result", weights_only=True) for r in (0, 1)]
 
-    single = Trainer(TrainConfig(**CONFIG), IMAGES, progress=False)
+    single = Trainer(TrainConfig(**CONFIG, t_sampling=t_sampling), IMAGES, progress=False)
     single.train(1)
     grads = [p.grad for p in single.model.parameters()]
     single.train()
@@ -82,6 +86,13 @@ def test_two_processes_give_the_gradients_of_one(tmp_path):
         assert [s for s, _ in r["history"]] == [1, 2, 3]
         for (_, v2), (_, v1) in zip(r["history"], single.history, strict=True):
             assert abs(v2 - v1) < 1e-5 * v1
+        if t_sampling == "loss-aware":  # every rank remembers the whole batch's losses, in order
+            want = single.t_sampler.state_dict()
+            assert torch.equal(r["t_sampler"]["counts"], want["counts"])
+            assert int(want["counts"].sum()) == 3 * 16
+            torch.testing.assert_close(
+                r["t_sampler"]["losses"], want["losses"], rtol=1e-5, atol=1e-7
+            )
     assert ranks[0]["wrote"].endswith("last.pt") and ranks[1]["wrote"] == "None"  # rank 0 writes
     assert any(g.abs().sum() > 0 for g in grads)
 

@@ -22,6 +22,7 @@ from ddpm_teach.data import EIGHT_GAUSSIANS_CENTERS, EIGHT_GAUSSIANS_STD, toy_2d
 from ddpm_teach.mlp import MLPDenoiser
 from ddpm_teach.sampling import ddim_sample, ddpm_sample
 from ddpm_teach.training import (
+    LossAwareSampler,
     NonFiniteLossError,
     TrainConfig,
     Trainer,
@@ -153,6 +154,116 @@ def test_t_is_uniform_and_x_t_follows_eq_4():
     assert x0.shape == eps.shape == (1000, 2) and eps.std().item() == pytest.approx(1, abs=0.06)
 
 
+# ------------------------------------------------------------------ loss-aware t sampling
+def _warm_sampler(rms: torch.Tensor, history: int = 4) -> LossAwareSampler:
+    """A sampler whose every step has seen ``history`` losses of root mean square ``rms[t]``."""
+    s = LossAwareSampler(len(rms), history=history)
+    for _ in range(history):
+        s.update(torch.arange(len(rms)), rms)
+    return s
+
+
+def test_loss_aware_sampler_is_uniform_until_every_step_has_its_history():
+    s = LossAwareSampler(5, history=2)
+    s.update(torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3]), torch.arange(9.0))
+    assert not s.warm  # step 4 has one loss of two
+    t, w = s.sample(1000, torch.Generator().manual_seed(0))
+    assert torch.equal(w, torch.ones(1000, dtype=torch.float64))
+    assert torch.bincount(t, minlength=5).min() > 150  # all five, about 200 each
+    assert torch.equal(s.probs(), torch.full((5,), 0.2, dtype=torch.float64))
+    s.update(torch.tensor([4]), torch.tensor([7.0]))
+    assert s.warm
+
+
+def test_loss_aware_probabilities_follow_the_root_mean_square_loss():
+    s = LossAwareSampler(4, history=2, uniform_share=0.1)
+    for losses in ([1.0, 1.0, 3.0, 0.0], [1.0, 7.0, 4.0, 0.0]):
+        s.update(torch.arange(4), torch.tensor(losses))
+    rms = torch.tensor([1.0, 5.0, 12.5**0.5, 0.0], dtype=torch.float64)
+    want = 0.9 * rms / rms.sum() + 0.1 / 4
+    torch.testing.assert_close(s.probs(), want)
+    # Only the last `history` losses count: a third round replaces the first.
+    s.update(torch.arange(4), torch.tensor([1.0, 7.0, 4.0, 0.0]))
+    rms = torch.tensor([1.0, 7.0, 4.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(s.probs(), 0.9 * rms / rms.sum() + 0.1 / 4)
+
+
+def test_loss_aware_weights_keep_the_expected_loss():
+    """E_{t~p}[L_t / (T p_t)] = mean_t L_t: exactly over p, and by sampling."""
+    rms = torch.tensor([0.01, 0.5, 2.0, 4.0, 1.0], dtype=torch.float64)
+    s = _warm_sampler(rms)
+    p = s.probs()
+    assert (p * rms / (5 * p)).sum().item() == pytest.approx(rms.mean().item())
+    t, w = s.sample(200_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(w, 1 / (5 * p[t]))
+    assert (w * rms[t]).mean().item() == pytest.approx(rms.mean().item(), rel=0.02)
+    freq = torch.bincount(t, minlength=5).double() / len(t)  # drawn where the loss is large
+    torch.testing.assert_close(freq, p, atol=0.01, rtol=0)
+
+
+def test_loss_aware_sampler_skips_non_finite_losses_and_round_trips_its_state():
+    s = _warm_sampler(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), history=2)
+    before = s.probs().clone()
+    s.update(torch.tensor([0, 1]), torch.tensor([float("nan"), float("inf")]))
+    torch.testing.assert_close(s.probs(), before)
+    copy_ = LossAwareSampler(3, history=2)
+    copy_.load_state_dict(s.state_dict())
+    torch.testing.assert_close(copy_.probs(), before)
+    with pytest.raises(ValueError, match="t sampler state: expected losses"):
+        LossAwareSampler(4, history=2).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="losses: expected one per t"):
+        s.update(torch.tensor([0, 1]), torch.tensor([1.0]))
+    for bad in (
+        dict(num_steps=0),
+        dict(num_steps=3, history=0),
+        dict(num_steps=3, uniform_share=0),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad)) if len(bad) == 1 else list(bad)[-1]):
+            LossAwareSampler(**bad)
+
+
+def test_trainer_with_loss_aware_t_minimises_the_importance_weighted_loss():
+    """The logged loss is mean(w_is * w_snr * ||eps - eps_hat||^2), t drawn from the sampler; and
+    the sampler learns where the Min-SNR-weighted loss of a zero network is large."""
+    cfg = toy_config(
+        train_steps=40, log_every=1, min_snr_gamma=1.0, t_sampling="loss-aware", batch_size=256
+    )
+    tr = Trainer(cfg, TOY, model=Zero(), progress=False)
+    tr.train(20)  # 5,120 losses: every one of the 50 steps has its 10
+    assert tr.t_sampler.warm
+    state = copy.deepcopy(tr.t_sampler.state_dict())
+    _, t, eps = tr._batch(20)
+    w_is = tr._t_weight.float()
+    assert not torch.equal(w_is, torch.ones_like(w_is))
+    w_snr = min_snr_weight(tr.schedule, t, "eps", 1.0).float()
+    want = (w_is * w_snr * eps.pow(2).mean(1)).mean().item()
+    tr.train(1)
+    assert tr.history[-1][1] == pytest.approx(want, rel=1e-6)
+    # A zero network's weighted loss is w_snr(t) * |eps|^2: large where SNR <= 1, tiny at t = 0.
+    sampler = LossAwareSampler(50)
+    sampler.load_state_dict(state)
+    p = sampler.probs()
+    assert p[-1] > 5 * p[0]
+    assert p[tr.schedule.snr(torch.arange(50)) <= 1].sum() > 0.6
+
+
+def test_loss_aware_t_is_the_same_on_every_process():
+    """Each process draws the whole batch's t from the same generator and sampler state, so the
+    slices of two processes are the slices of one process's batch."""
+    cfg = toy_config(t_sampling="loss-aware", batch_size=64)
+    one = Trainer(cfg, TOY, progress=False)
+    one.t_sampler = _warm_sampler(torch.linspace(0.1, 3.0, 50, dtype=torch.float64))
+    _, t_all, _ = one._batch(3)
+    w_all = one._t_weight
+    for rank in (0, 1):
+        tr = Trainer(cfg, TOY, progress=False)
+        tr.t_sampler = _warm_sampler(torch.linspace(0.1, 3.0, 50, dtype=torch.float64))
+        tr.rank, tr.world_size = rank, 2
+        _, t, _ = tr._batch(3)
+        assert torch.equal(t, t_all[32 * rank : 32 * (rank + 1)])
+        assert torch.equal(tr._t_weight, w_all[32 * rank : 32 * (rank + 1)])
+
+
 def test_each_epoch_visits_every_example_once():
     data = TOY[:100]
     tr = Trainer(toy_config(batch_size=30), data, progress=False)
@@ -254,13 +365,15 @@ def test_trainer_ema_after_one_step():
 
 
 # ------------------------------------------------------------------ reproducibility and resume
-@pytest.mark.parametrize("kind", ["mlp", "unet", "unet-bf16"])
+@pytest.mark.parametrize("kind", ["mlp", "mlp-loss-aware", "unet", "unet-bf16"])
 def test_resume_continues_exactly(tmp_path, monkeypatch, kind):
-    make, data = (toy_config, TOY) if kind == "mlp" else (image_config, IMAGES)
+    make, data = (toy_config, TOY) if kind.startswith("mlp") else (image_config, IMAGES)
     if kind == "unet-bf16":  # autocast on, as on a CPU with native bf16
         _cpu_bf16(monkeypatch, native=True)
         make = functools.partial(image_config, bf16=True)
-    steps = 20 if kind == "mlp" else 6
+    if kind == "mlp-loss-aware":  # the sampler warms up (50 steps x 10 losses) before the halfway
+        make = functools.partial(toy_config, t_sampling="loss-aware", batch_size=128)
+    steps = 20 if kind.startswith("mlp") else 6
     straight = Trainer(make(train_steps=steps), data, progress=False)
     straight.train()
 
@@ -268,6 +381,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, kind):
     first = Trainer(cfg, data, progress=False)
     first.train(steps // 2)
     assert (tmp_path / "last.pt").is_file()
+    if first.t_sampler is not None:  # its state must travel with the checkpoint
+        assert first.t_sampler.warm
     rng = torch.get_rng_state()
     second = Trainer(cfg, data, resume=True, progress=False)
     assert second.step == steps // 2
@@ -522,6 +637,7 @@ def test_compiled_network_trains_like_the_eager_one():
         (dict(min_snr_gamma=0), "min_snr_gamma"),
         (dict(min_snr_gamma=float("nan")), "min_snr_gamma"),
         (dict(compile="fast"), "compile: expected True, False or a torch.compile mode"),
+        (dict(t_sampling="importance"), "t_sampling: expected one of"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
@@ -534,10 +650,10 @@ def test_from_budget_and_bad_data():
     assert cfg.model == "unet" and cfg.batch_size == 64 and cfg.train_steps == 7000
     assert cfg.model_kwargs["channel_mults"] == (1, 2, 2) and not cfg.hflip
     assert (cfg.lr, cfg.lr_decay, cfg.ema_decay, cfg.bf16) == (3e-3, "cosine", 0.995, True)
-    assert cfg.min_snr_gamma == 1.0
+    assert cfg.min_snr_gamma == 1.0 and cfg.t_sampling == "loss-aware"
     toy_cpu = TrainConfig.from_budget("eight-gaussians", "cpu")  # the toy recipe: flat lr
     assert (toy_cpu.lr, toy_cpu.lr_decay, toy_cpu.ema_decay) == (2e-3, "none", 0.999)
-    assert toy_cpu.min_snr_gamma is None  # L_simple for the MLP
+    assert toy_cpu.min_snr_gamma is None and toy_cpu.t_sampling == "uniform"  # as the paper
     assert TrainConfig.from_budget("cifar10", "gpu").hflip
     assert TrainConfig.from_budget("glyph-digits", "gpu").min_snr_gamma is None
     toy = TrainConfig.from_budget("moons", "smoke", train_steps=40)
