@@ -233,5 +233,5 @@ def group_norm_silu(
         return _GroupNormSiLU.apply(
             x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu, shift
         )
-    h = norm(x if shift is None else x + shift[:, :, None, None])
+    h = norm(x if shift is None else x + shift.to(x.dtype)[:, :, None, None])  # keep x's dtype
     return F.silu(h) if silu else h

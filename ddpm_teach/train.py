@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .budgets import BUDGETS, budget
 from .data import DATASETS
 from .schedule import PARAMETERIZATIONS
-from .training import COMPILE_MODES, SCHEDULE_KINDS, TrainConfig, Trainer
+from .training import COMPILE_MODES, SCHEDULE_KINDS, T_SAMPLINGS, TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_gamma,
         help="Min-SNR-gamma loss weighting (a positive number), or 'none' for the paper's L_simple "
         "(default: the budget's)",
+    )
+    p.add_argument(
+        "--t-sampling",
+        choices=T_SAMPLINGS,
+        help="how t is drawn: uniform (the paper's) or loss-aware (importance sampling where the "
+        "loss is large; default: the budget's)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random number (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -98,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "num_samples": args.num_samples,
         "device": args.device,
         "channels_last": args.channels_last,
+        "t_sampling": args.t_sampling,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.min_snr_gamma is not None:  # 0.0 stands for 'none', the paper's L_simple

@@ -24,6 +24,10 @@ same global batches as a run on one (each process takes its contiguous slice of 
 Exactly means on the same kind of device: a run may resume on another one, but CPU and CUDA draw
 different noise from the same seed, and on CUDA cuDNN picks its convolution kernels by timing
 them (``cudnn.benchmark``), so there a resumed run matches to rounding, not bit for bit.
+With loss-aware t sampling the draw of t also depends on the sampler's memory of past losses,
+which the checkpoint keeps, so resuming stays exact; but W processes compute those losses in
+another summation order than one process, so once the sampler is warm their t may differ from a
+one-process run's in a rare draw.
 
 Distributed. Launched by ``torchrun`` (RANK and WORLD_SIZE set), the trainer joins the process
 group (NCCL on CUDA, gloo on CPU), wraps the network in ``DistributedDataParallel`` (which averages
@@ -31,7 +35,8 @@ the gradients, so W slices of B/W give the gradient of the whole batch of B), an
 write files, draw samples and show progress.
 
 Checkpoints hold the model, the EMA model, the optimiser, the step, the seeds that fix every later
-random number, the loss history and the config as a plain dict; they are written atomically (a
+random number, the loss-aware t sampler's memory (if any), the loss history and the config as a
+plain dict; they are written atomically (a
 temporary file in the same folder, then ``os.replace``), so a crash never leaves a half-written
 ``last.pt``. A NaN or infinite loss stops training with an error naming the step, before anything
 more is written.
@@ -278,7 +283,11 @@ class LossAwareSampler:
             raise ValueError(f"num_steps: expected an int >= 1, got {num_steps!r}")
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"history: expected an int >= 1, got {history!r}")
-        if not 0.0 < uniform_share <= 1.0:
+        if not (
+            isinstance(uniform_share, (int, float))
+            and not isinstance(uniform_share, bool)
+            and 0.0 < uniform_share <= 1.0
+        ):
             raise ValueError(f"uniform_share: expected a number in (0, 1], got {uniform_share!r}")
         self.num_steps, self.history, self.uniform_share = num_steps, history, uniform_share
         self.losses = torch.zeros(num_steps, history, dtype=torch.float64)  # a ring per step
@@ -320,6 +329,11 @@ class LossAwareSampler:
             raise ValueError(
                 f"losses: expected one per t, got {tuple(losses.shape)} for t {tuple(t.shape)}"
             )
+        if len(t) and (t.min() < 0 or t.max() >= self.num_steps):
+            raise ValueError(
+                f"t: expected steps in 0..{self.num_steps - 1}, got {t.min().item()}.."
+                f"{t.max().item()}"
+            )
         for step, loss in zip(t.tolist(), losses.tolist(), strict=True):
             if math.isfinite(loss):
                 self.losses[step, self.counts[step] % self.history] = loss
@@ -330,6 +344,12 @@ class LossAwareSampler:
         return {"losses": self.losses.clone(), "counts": self.counts.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not {"losses", "counts"} <= set(state):
+            raise ValueError(
+                "t sampler state: expected a dict with 'losses' and 'counts' (from state_dict), "
+                f"got {type(state).__name__}"
+                + (f" with keys {sorted(state)}" if isinstance(state, dict) else "")
+            )
         losses, counts = state["losses"], state["counts"]
         if tuple(losses.shape) != tuple(self.losses.shape) or tuple(counts.shape) != (
             self.num_steps,
@@ -883,7 +903,6 @@ class Trainer:
             else:
                 w_is = self._t_weight.to(self.device, torch.float32, non_blocking=True)
                 loss = (w_is * per_example).mean()  # the uniform-t loss in expectation
-                self._update_t_sampler(per_example.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -894,6 +913,8 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         ema_update(self.ema, self.model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
+        if self.t_sampler is not None:  # last: its read-out waits for the GPU to finish the step
+            self._update_t_sampler(per_example.detach())
         self.step += 1
         # Kept on the device; read out (one synchronisation) every log_every steps.
         self._pending.append((loss.detach(), None if grad_norm is None else grad_norm.detach()))
@@ -1084,7 +1105,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            # Every random number after this step is a function of these alone (module docstring).
+            # Every random number after this step is a function of these alone (module docstring),
+            # and of "t_sampler" below where t is drawn loss-aware.
             "rng": {
                 "seed": cfg.seed,
                 "next_step": self.step,
@@ -1138,7 +1160,7 @@ class Trainer:
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.t_sampler is not None:
-            self.t_sampler.load_state_dict(ckpt["t_sampler"])
+            self.t_sampler.load_state_dict(ckpt.get("t_sampler"))
         self.step = ckpt["step"]
         self.history = [(int(s), float(v)) for s, v in ckpt["history"]]
         self.log = list(ckpt["log"])

@@ -18,7 +18,7 @@
 # | budget | where | how long | what you get |
 # |---|---|---|---|
 # | `smoke` | tests and CI | seconds | a tiny model that learns nothing; only checks that every cell runs |
-# | `cpu` | a laptop, 2 cores | 17-25 minutes of training | digits the probe of section 7 recognises (90 %) |
+# | `cpu` | a laptop, 2 cores | 8-13 minutes of training | digits the probe of section 7 recognises (90 %) |
 # | `gpu` | one GPU | a few minutes | sharp digits, a 24x larger network |
 #
 # The outputs stored in this notebook come from the `cpu` budget on a 2-core machine (section 6
@@ -76,7 +76,7 @@ RUN_DIR = Path("runs") / f"05_training_{BUDGET.name}"
 # A *run budget* (`ddpm_teach.budgets.budget`) is a named set of sizes: the network's width, the
 # number of training steps, the batch, the learning rate and so on. The notebook reads every size
 # from it and never hard-codes one, which is what lets the same cells run in seconds in CI, in
-# about twenty minutes on a laptop and in minutes on a GPU. The three budgets, side by side:
+# about ten minutes on a laptop and in minutes on a GPU. The three budgets, side by side:
 
 # %%
 rows = [
@@ -245,6 +245,33 @@ print(f"weight 1 from t = {first} on ({100 * (1 - first / len(snr)):.0f} % of th
 # until the same comparison has been run on a GPU.
 
 # %% [markdown]
+# ### Which noise levels the batch visits
+#
+# Algorithm 1 draws $t$ uniformly, but the steps are far from equally informative. With
+# $\gamma = 1$ the cleanest tenth of the chain weighs almost nothing (down to $10^{-4}$), and at the
+# noisiest steps $x_t$ is nearly pure noise, so $\epsilon$ is easy to predict and the loss is small.
+# Uniform $t$ spends a good part of every batch on steps whose gradients barely count.
+# **Importance sampling** moves the batch to where the loss is: draw
+# $t$ with probability $p_t$ instead of $1/T$, and divide that example's loss by $T p_t$. The
+# expected loss is unchanged,
+#
+# $$\mathbb{E}_{t \sim p}\Big[\frac{L_t}{T\,p_t}\Big] = \sum_t p_t \frac{L_t}{T\,p_t}
+#   = \frac{1}{T}\sum_t L_t ,$$
+#
+# so the network learns the same thing, with a gradient of smaller variance when $p_t$ follows the
+# size of $L_t$. Nichol & Dhariwal (2021, section 3.3) estimate that size from the training itself:
+# each step $t$ remembers its last 10 losses, and $p_t \propto \sqrt{\text{mean of their
+# squares}}$, mixed with a little of the uniform distribution so that no step is starved; until
+# every step has its 10 losses, $t$ stays uniform (`training.LossAwareSampler`;
+# `TrainConfig.t_sampling = "loss-aware"`). The sampler learns $p$ as the network learns, so it
+# shifts during training; section 6 shows where it ended up.
+#
+# On these digits it pays as much as Min-SNR did (`docs/benchmarks.md`, "Glyph digits"; 500
+# samples per score, the same seed): after 5,000 steps 92.2 % confident digits with it against
+# 89.0 % without, and 87.6 % against 83.2 % halfway; so the `cpu` budget trains 4,000 steps where
+# it needed 7,000 before. The `gpu` budget keeps the paper's uniform $t$.
+
+# %% [markdown]
 # ## 4. The recipe around the loop
 #
 # `TrainConfig.from_budget` turns the budget into a full configuration, and `Trainer` runs it.
@@ -265,7 +292,7 @@ print(f"weight 1 from t = {first} on ({100 * (1 - first / len(snr)):.0f} % of th
 #   the score): over 3,600 steps, 81 % confident digits with the decay from a peak of 0.002, 71 %
 #   with the decay from 0.001 (the rate is then too small for too long), 79 % with a flat 0.001;
 #   over 6,000 steps, 90.8 % from a peak of 0.003 and 88.2 % from 0.002. The `cpu` budget decays
-#   from 0.003 over 7,000 steps.
+#   from 0.003 over 4,000 steps.
 # - **Gradient clipping** at global norm 1 (`grad_clip`): when the gradient of all weights together
 #   is longer than 1, it is scaled down to length 1, so that one unlucky batch cannot throw the
 #   weights far away.
@@ -350,8 +377,8 @@ print(f"inside autocast: the conv's weights are {conv.weight.dtype}, its output 
 # So the trainer turns autocast on only where `training.has_native_bf16(device)` says the device
 # computes bf16 itself, whatever the config says. Even then it is not a sure win for small
 # networks: on one 2-core Xeon autocast made 32- and 64-channel U-Nets *slower*, while on the
-# 2-core EPYC (with AVX512-BF16) that ran this notebook it made the `cpu` U-Net's step about 1.5x
-# faster. A GPU can lose too: on an H200 the `gpu` budget's U-Net stepped in 51 ms with autocast
+# 2-core EPYC (with AVX512-BF16) that ran this notebook it made the `cpu` U-Net's step 1.3-1.5x
+# faster (in different runs of the cell below). A GPU can lose too: on an H200 the `gpu` budget's U-Net stepped in 51 ms with autocast
 # and 38.5 ms without, because for a network this small the GPU finishes each kernel faster than
 # Python can launch the next, and autocast adds a cast kernel per operand; so the `gpu` budget
 # trains in float32 (its convolutions use the tensor cores' TF32 mode anyway). Rather than trust
@@ -437,7 +464,8 @@ print(f"a step as this run trains it ({'bf16 autocast' if trainer.bf16 else 'flo
 # starting noise each time, so each preview shows the same samples improving. Below they redraw one
 # figure in place: the loss of every step (faint) and its running mean, and the latest preview.
 # (The curve is the loss the trainer minimises: with `min_snr_gamma` set, as under the `cpu`
-# budget, that is the weighted loss of section 3, smaller than $L_\text{simple}$ itself.)
+# budget, that is the weighted loss of section 3, smaller than $L_\text{simple}$ itself; with
+# loss-aware $t$, each example's share divided by $T p_t$.)
 # The previews and the checkpoint land in `RUN_DIR`.
 
 # %% tags=["nbval-ignore-output"]
@@ -514,8 +542,31 @@ for step in sorted(previews):
     print(line)
 
 # %% [markdown]
-# In the stored run the loss at the first preview was only about 30 % above its final value,
-# while the share of confident digits went on climbing, from 72 % to about 90 %: the loss is a
+# Where the trainer drew $t$ (section 3): the loss-aware sampler's $p_t$ at the end of the run,
+# against the uniform $1/T$ of Algorithm 1.
+
+# %% tags=["nbval-ignore-output"]
+if trainer.t_sampler is None:
+    print(f"this budget ({BUDGET.name}) draws t uniformly, as Algorithm 1 does")
+else:
+    p_t = trainer.t_sampler.probs()
+    T = len(p_t)
+    fig, ax = plt.subplots(figsize=(10, 3), layout="constrained")
+    ax.plot(p_t.numpy(), label="loss-aware $p_t$ at the end of the run")
+    ax.axhline(1 / T, color="gray", ls="--", label="uniform, $1/T$")
+    ax.set(xlabel="step t", ylabel="$p_t$", title="where the batch goes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    plt.show()
+    parts = [p_t[i * T // 4 : (i + 1) * T // 4].sum().item() for i in range(4)]
+    print(f"warm (every step has its 10 losses): {trainer.t_sampler.warm}")
+    print("share of the draws in each quarter of the chain (uniform: 25 % each):")
+    for i, share in enumerate(parts):
+        print(f"  t = {i * T // 4:>4} .. {(i + 1) * T // 4 - 1:>4}: {share:6.1%}")
+
+# %% [markdown]
+# In the stored run the loss at the first preview was only about 35 % above its final value,
+# while the share of confident digits went on climbing, from 53 % to about 90 %: the loss is a
 # poor guide to sample quality once it has flattened out.
 #
 # How long it took, and how fast it went. The trainer times its training steps (`Trainer.summary`,
@@ -540,10 +591,11 @@ if clock["load"]:
 
 # %% [markdown]
 # The stored run had the two cores of a 2-core machine mostly to itself (two threads; the load
-# average above counts the processes wanting a core) and trained for about 18 minutes, with bf16
+# average above counts the processes wanting a core) and trained for about 9 minutes, with bf16
 # autocast and channels_last (section 5); without native bf16 expect about half as long again.
-# (The same run from the train command took 18 minutes an hour earlier, and 17 minutes in NCHW on
-# another day: a shared machine's speed drifts.) A laptop
+# (The same run from the train command, bit for bit the same weights, trained for 8.4 minutes
+# half an hour earlier; the budget's 7,000 steps before loss-aware sampling, section 3, took 17-18
+# minutes.) A laptop
 # of your own should take about as long; fewer free cores take longer, and a GPU (the `gpu`
 # budget) trains a 24x larger network in minutes.
 
@@ -624,7 +676,7 @@ for name, values in per_t.items():
 # Three things to read off (the numbers are in the cells above):
 #
 # - The loss depends on $t$ by orders of magnitude (in the stored run, from about 0.85 at the
-#   paper's $t = 1$ to below 0.0001 at $t = T$). Near $t = 0$ the noise is a faint speckle on a
+#   paper's $t = 1$ to about 0.0001 at $t = T$). Near $t = 0$ the noise is a faint speckle on a
 #   clean digit, hard to tell from the digit's own edges; near $t = T$ the input *is* almost the
 #   noise, and predicting it is easy. The Min-SNR weighting of section 3 adds to the gap at the
 #   left end: at the paper's $t = 1$ it weighs the loss by $10^{-4}$, so the network hardly tries
@@ -635,8 +687,9 @@ for name, values in per_t.items():
 #   $L_\text{simple}$. A batch's loss depends on which $t$ it drew, which is
 #   why the per-step curve in section 6 is so ragged.
 # - In the stored run the two networks are nearly the same: the same loss at every $t$, the same
-#   share of confident digits (91 %; with 256 samples one standard error is about 1.8 points), all
-#   ten classes, and digit-FIDs within the noise of each other (16.8 raw, 16.6 EMA).
+#   share of confident digits (87-88 %; with 256 samples one standard error is about 2 points: the
+#   train command's run of this budget, the same weights bit for bit, scored 91.1 % on 1,000
+#   samples), all ten classes, and digit-FIDs within the noise of each other (17.6 raw, 17.5 EMA).
 # - That is the learning-rate decay at work. In the last few hundred steps of the `cpu` run the
 #   cosine has taken the learning rate close to 0, the raw weights hardly move any more, and an
 #   average of nearly equal weights is those weights. The decay and the average are two ways to
@@ -857,7 +910,7 @@ print(f"full-batch gradient vs the average of 4 shard gradients: relative differ
 # - The recipe around it: AdamW with a linear warm-up and, for short runs, a cosine decay
 #   (`Trainer.lr_at`), clipping at norm 1, and an EMA of the weights (`ema_update`,
 #   `ema_decay_at`) that is sampled instead of the raw weights.
-# - A run budget sizes everything, so one notebook runs in seconds (`smoke`), in about twenty minutes
+# - A run budget sizes everything, so one notebook runs in seconds (`smoke`), in about ten minutes
 #   on a laptop CPU (`cpu`) or in minutes on a GPU (`gpu`). bf16 autocast speeds up the
 #   convolutions where the arithmetic is the bottleneck (CPUs with native bf16, large networks on
 #   a GPU), while weights, optimiser and loss stay float32; measure before trusting it.
@@ -890,8 +943,8 @@ if first_share is not None:
 # >
 # > - *"Lower training loss always means better samples."* The loss averages over all $t$, its
 # >   largest terms come from the smallest $t$, and a batch's loss depends on which $t$ it drew. In
-# >   this run the loss fell by only about a fifth from the first preview to the last, while the share of
-# >   confident digits went from 72 % to 92 % (section 6). Judge samples with a sample metric.
+# >   this run the loss fell by only about a quarter from the first preview to the last, while the share of
+# >   confident digits went from 53 % to 91 % (section 6). Judge samples with a sample metric.
 # > - *"The model learns the forward process."* The forward process $q$ is fixed: the betas come
 # >   from the schedule, and the optimiser updates the U-Net's weights and nothing else. The network
 # >   learns only to undo $q$, one noise prediction at a time.

@@ -151,7 +151,7 @@ def test_sample_cli_checks_its_arguments_before_sampling(tmp_path, capsys):
     assert gif.is_file()
 
 
-def test_min_snr_gamma_and_compile_flags(capsys):
+def test_min_snr_gamma_t_sampling_and_compile_flags(capsys):
     def config(*extra: str):
         parser = train_cli.build_parser()
         args = parser.parse_args(
@@ -165,6 +165,8 @@ def test_min_snr_gamma_and_compile_flags(capsys):
     assert config().min_snr_gamma == budget("cpu").min_snr_gamma
     assert config("--min-snr-gamma", "5").min_snr_gamma == 5.0
     assert config("--min-snr-gamma", "none").min_snr_gamma is None  # the paper's L_simple
+    assert config().t_sampling == budget("cpu").t_sampling == "loss-aware"
+    assert config("--t-sampling", "uniform").t_sampling == "uniform"  # e.g. to resume an old run
     with pytest.raises(SystemExit) as e:
         config("--min-snr-gamma", "-1")
     assert e.value.code == 2
