@@ -1,6 +1,7 @@
 // GroupNorm (optionally followed by SiLU) for channels_last tensors on the CPU, forward and
-// backward, optionally of x plus a per-(sample, channel) shift (the ResBlock's time embedding). Built on first use by ddpm_teach/fused.py, which explains why it exists and holds the
-// autograd wrapper; the math is nn.GroupNorm's (Wu & He 2018) then F.silu.
+// backward, optionally of x plus a per-(sample, channel) shift (the ResBlock's time embedding).
+// Built on first use by ddpm_teach/fused.py, which explains why it exists and holds the autograd
+// wrapper; the math is nn.GroupNorm's (Wu & He 2018) then F.silu.
 //
 // Layout: x is (N, C, H, W) with channels_last strides, i.e. memory (N, P = H*W, C) with the
 // channels innermost. Every loop over one pixel's C channels is contiguous, so the compiler
@@ -112,6 +113,27 @@ void forward_kernel(const T* x, const float* shift, const float* gamma, const fl
   });
 }
 
+// The backward's second pass over one sample: dx = a_c dz + b_c x + c_c, and with kSumDx also
+// ds_c = sum over the pixels of dx (the gradient of a shift that feeds every pixel).
+template <typename T, bool kSumDx>
+inline void dx_pass(const T* __restrict__ xn, const float* __restrict__ dz,
+                    const float* __restrict__ pa, const float* __restrict__ qb,
+                    const float* __restrict__ qc, T* __restrict__ dxn, float* __restrict__ ds,
+                    int64_t P, int64_t C) {
+  if (kSumDx) std::fill(ds, ds + C, 0.f);
+  for (int64_t p = 0; p < P; ++p) {
+    const T* xp = xn + p * C;
+    T* dxp = dxn + p * C;
+    const float* dzp = dz + p * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = pa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c];
+      store(dxp, c, v);
+      if (kSumDx) ds[c] += v;
+    }
+  }
+}
+
 template <typename T, bool kSiLU>
 void backward_kernel(const T* dy, const T* x, const float* shift, const float* mean,
                      const float* rstd, const float* gamma, const float* beta, T* dx,
@@ -175,32 +197,11 @@ void backward_kernel(const T* dy, const T* x, const float* shift, const float* m
       }
       const float* __restrict__ qb = cb.data();
       const float* __restrict__ qc = cc.data();
-      T* dxn = dx + n * P * C;
-      if (dshift) {  // ds_nc = sum over pixels of dx (the shift feeds every pixel of u)
-        float* __restrict__ ds = dshift + n * C;
-        for (int64_t c = 0; c < C; ++c) ds[c] = 0.f;
-        for (int64_t p = 0; p < P; ++p) {
-          const T* xp = xn + p * C;
-          T* dxp = dxn + p * C;
-          const float* __restrict__ dzp = dz_sample.data() + p * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float v = pa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c];
-            store(dxp, c, v);
-            ds[c] += v;
-          }
-        }
-        continue;
-      }
-      for (int64_t p = 0; p < P; ++p) {
-        const T* xp = xn + p * C;
-        T* dxp = dxn + p * C;
-        const float* __restrict__ dzp = dz_sample.data() + p * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          store(dxp, c, pa[c] * dzp[c] + qb[c] * load(xp, c) + qc[c]);  // pa = r_g gamma_c
-        }
-      }
+      T* dxn = dx + n * P * C;  // pa = r_g gamma_c
+      if (dshift)
+        dx_pass<T, true>(xn, dz_sample.data(), pa, qb, qc, dxn, dshift + n * C, P, C);
+      else
+        dx_pass<T, false>(xn, dz_sample.data(), pa, qb, qc, dxn, nullptr, P, C);
     }
   });
 }
