@@ -751,6 +751,7 @@ def load_fashion_mnist(
 _CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
+CIFAR_BATCH_SIZE = 10_000  # images in every published batch file
 
 
 class _NotData(pickle.UnpicklingError):
@@ -815,7 +816,10 @@ def load_cifar10(
     """CIFAR-10 from the official python archive, in ``<root>/cifar10/`` (see :func:`data_root`).
 
     Reads ``cifar-10-batches-py/`` if it has been extracted there, else straight from
-    ``cifar-10-python.tar.gz`` (163 MB; its SHA-256 is checked unless ``verify=False``).
+    ``cifar-10-python.tar.gz`` (163 MB). Unless ``verify=False``, the archive's SHA-256 is
+    checked, or, for an extracted folder (whose files have no published digests), that every
+    batch holds the published 10,000 images: a batch cut short by a copy that stopped early
+    but still unpickles would otherwise train on a silently smaller data set.
 
     Returns:
         images (N, 3, 32, 32) float32 in [-1, 1] (RGB) and labels (N,) int64, N = 50,000 for
@@ -830,6 +834,13 @@ def load_cifar10(
         for member in extracted:
             with open(folder / member, "rb") as f:
                 found[member] = _read_cifar_batch(f, str(folder / member))
+            n = len(found[member][1])
+            if verify and n != CIFAR_BATCH_SIZE:
+                raise ValueError(
+                    f"{folder / member}: expected the published {CIFAR_BATCH_SIZE:,} images, "
+                    f"got {n:,}; delete the folder {folder / _CIFAR_DIR} and extract the archive "
+                    "again (or pass verify=False for batch files of your own)"
+                )
     else:
         # One pass in archive order: a .tar.gz cannot seek backwards without decompressing again.
         with tarfile.open(paths[archive], "r:gz") as tar:

@@ -495,6 +495,21 @@ def test_cifar_cut_short_batch_is_named(tmp_path):
         load_cifar10(root=tmp_path, verify=False)
 
 
+def test_cifar_extracted_batch_with_too_few_images_is_refused(tmp_path):
+    # Extracted files have no published digests: with verify (the default) each batch must hold
+    # the published 10,000 images, so a short but well-formed batch is not silently used.
+    write_cifar(tmp_path / "cifar10", as_archive=False)  # 2 images a batch
+    with pytest.raises(
+        ValueError, match=r"data_batch_1: expected the published 10,000 images, got 2"
+    ):
+        load_cifar10(root=tmp_path)
+    with pytest.raises(
+        ValueError, match=r"test_batch: expected the published 10,000 images, got 3"
+    ):
+        load_cifar10(root=tmp_path, train=False)
+    assert len(load_cifar10(root=tmp_path, verify=False)[0]) == 10  # files of one's own
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
