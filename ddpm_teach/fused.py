@@ -45,7 +45,8 @@ from torch.autograd.function import once_differentiable
 ENV_SWITCH = "DDPM_TEACH_FUSED"
 SOURCE = Path(__file__).with_name("csrc") / "group_norm_silu.cpp"
 # -ffast-math at compile time only (not when linking, so the process's float mode is untouched)
-# lets g++ vectorise exp() over a pixel's channels; -fopenmp makes at::parallel_for parallel.
+# lets g++ vectorise the channel loops (their sums, rounding, divisions); -fopenmp makes
+# at::parallel_for parallel.
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 _lock = threading.Lock()

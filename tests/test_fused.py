@@ -277,6 +277,34 @@ def test_far_negative_inputs_give_zero_not_nan():
 
 
 @needs_kernel
+def test_silu_is_accurate_across_the_range_of_its_exp():
+    # The kernel computes exp with its own polynomial: z from -75 to 75 (sigmoid from 3e-33 to
+    # 1; exp's argument is capped at 80), each element against float64. z itself carries
+    # float32 rounding, which an exponential turns into a relative error of about |z| times it:
+    # hence the tolerance 2e-5 (1 + |z|); both the polynomial and g++'s vectorised expf stay
+    # under 9e-6 (1 + |z|).
+    norm = nn.GroupNorm(1, 16)
+    with torch.no_grad():
+        norm.weight.fill_(75.0 / 3**0.5)  # x uniform in [-1, 1] has std 1/sqrt(3)
+    x = torch.linspace(-1, 1, 16 * 32 * 32).reshape(1, 16, 32, 32)
+    x = x.contiguous(memory_format=CL).requires_grad_()
+    y = fused.group_norm_silu(norm, x)
+    y.backward(torch.ones_like(x))
+    xr = x.detach().double().requires_grad_()
+    z = F.group_norm(xr, 1, norm.weight.double(), norm.bias.double(), norm.eps)
+    yr = F.silu(z)
+    yr.backward(torch.ones_like(yr))
+    assert z.min() < -74 and z.max() > 74
+    far = z.abs() >= 1  # near 0, y ~ z / 2 and z's own rounding sets the relative error
+    err = (y.double() - yr).abs()[far] / (yr.abs() * (1 + z.abs()))[far]
+    assert err.max() < 2e-5, f"y: relative error {err.max():.2e} at z = {z[far][err.argmax()]}"
+    assert (y.double() - yr).abs()[~far].max() < 2e-5
+    # dx against its largest value: the norm's backward cancels (dx = a dz + B x + C).
+    err = ((x.grad.double() - xr.grad).abs() / xr.grad.abs().max()).max()
+    assert err < 2e-5, f"dx: relative error {err:.2e}"
+
+
+@needs_kernel
 def test_eps_counts_when_the_variance_is_tiny():
     # A spread of 1e-3 (variance 1e-6) next to eps = 1e-5: eps sets most of the scale.
     x, norm, _ = _case(2, 16, 5, 4)
