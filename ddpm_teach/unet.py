@@ -158,25 +158,23 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(group_norm_silu(self.norm, x, silu=False))  # (B, 3C, H, W)
-        cl = x.is_contiguous(memory_format=torch.channels_last)
+        # A 1x1 conv is one linear map per position: applied as such to the positions-major
+        # sequence (B, H*W, C), which is a free view of a channels_last tensor (one copy of an
+        # NCHW one). q, k and v are then (B, H*W, C) views, read in place by the matmuls.
+        seq = group_norm_silu(self.norm, x, silu=False).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        q, k, v = F.linear(seq, self.qkv.weight.flatten(1), self.qkv.bias).chunk(3, dim=-1)
         if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
-            q, k, v = qkv.flatten(2).chunk(3, dim=1)  # each (B, C, HW); bmm reads them strided
-            w = torch.softmax(q.transpose(1, 2) @ k * C**-0.5, dim=-1)  # (B, HW, HW)
-            h = (v @ w.transpose(1, 2)).view(B, C, H, W)  # h[:, :, i] = sum_j w[i, j] v[:, :, j]
-            if cl:  # keep x's layout downstream (see below)
-                h = h.contiguous(memory_format=torch.channels_last)
-            return self.proj(h).add_(x)  # in place on the conv's fresh output
-        # Positions-major (B, H*W, 3C), split into one head each of q, k, v: (B, 1, H*W, C).
-        # .contiguous() is free for channels_last input and one copy otherwise; it lets SDPA take
-        # its fused kernel (several times faster on CPU than the strided fallback at 32 x 32).
-        q, k, v = qkv.flatten(2).transpose(1, 2).contiguous().unsqueeze(1).chunk(3, dim=-1)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale 1/sqrt(C)
-        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # a view with channels_last strides
+            w = torch.softmax(q @ k.transpose(1, 2) * C**-0.5, dim=-1)  # (B, HW, HW)
+            h = w @ v  # h[:, i] = sum_j w[i, j] v[:, j]
+        else:  # one head each: (B, 1, H*W, C), scale 1/sqrt(C)
+            h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        out = F.linear(h, self.proj.weight.flatten(1), self.proj.bias)  # (B, H*W, C)
+        out = out.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W) with channels_last strides
         # Back to x's memory format, so that layouts never mix downstream (a mixed add or cat
-        # silently converts whole activations); again free for channels_last, one copy otherwise.
-        h = h.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        return x + self.proj(h)
+        # silently converts whole activations): free for channels_last, one copy otherwise.
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()
+        return out.add_(x)  # in place on a fresh tensor: a linear's backward never reads it
 
 
 class Downsample(nn.Module):
