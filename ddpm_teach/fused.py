@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 #: Environment variable that turns the compiled kernel off ("0"); anything else leaves it on.
 ENV_SWITCH = "DDPM_TEACH_FUSED"
@@ -161,38 +160,6 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 )
 
 
-class _GroupNormSiLU(torch.autograd.Function):
-    """Autograd wrapper: the kernel's backward gives dx, dgamma, dbeta (and dshift) in one call."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor,
-        groups: int,
-        eps: float,
-        silu: bool,
-        shift: Tensor | None,
-    ):
-        y, mean, rstd = torch.ops.ddpm_teach.group_norm_silu(
-            x, weight, bias, groups, eps, silu, shift
-        )
-        ctx.save_for_backward(x, mean, rstd, weight, bias, shift)
-        ctx.groups, ctx.silu = groups, silu
-        return y
-
-    @staticmethod
-    @once_differentiable  # no second derivative: refuse double backward instead of zeros
-    def backward(ctx, dy: Tensor):
-        x, mean, rstd, weight, bias, shift = ctx.saved_tensors
-        dx, dw, db, ds = torch.ops.ddpm_teach.group_norm_silu_backward(
-            dy, x, mean, rstd, weight, bias, ctx.groups, ctx.silu, shift
-        )
-        ds = None if shift is None else ds.to(shift.dtype)
-        return dx, dw.to(weight.dtype), db.to(bias.dtype), None, None, None, ds
-
-
 def uses_kernel(x: Tensor) -> bool:
     """Whether :func:`group_norm_silu` runs the compiled kernel for ``x``: a CPU float32 or
     bfloat16 (N, C, H, W) tensor stored channels_last (and not inside ``torch.compile``)."""
@@ -231,7 +198,9 @@ def group_norm_silu(
             f"got {tuple(shift.shape)}"
         )
     if norm.affine and uses_kernel(x):
-        return _GroupNormSiLU.apply(
+        # One autograd node (written in C++ with the kernel): its backward gives dx, dgamma,
+        # dbeta and dshift in one call, and refuses a second derivative.
+        return torch.ops.ddpm_teach.group_norm_silu_autograd(
             x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu, shift
         )
     h = norm(x if shift is None else x + shift.to(x.dtype)[:, :, None, None])  # keep x's dtype
