@@ -141,10 +141,15 @@ class AttentionBlock(nn.Module):
     GroupNorm -> one 1x1 conv giving q, k, v -> softmax(q k^T / sqrt(C)) v -> 1x1 conv
     (zero-initialised) -> added to x. Shapes: (B, C, H, W) -> (B, C, H, W).
 
-    Two ways to compute the same thing, picked by speed (docs/benchmarks.md): on the CPU, up to
-    ``MATH_MAX_POSITIONS`` positions, the plain formula with an explicit (B, HW, HW) weight matrix
-    (torch's fused CPU kernel costs 1.4x (fp32) to 4x (bf16) more there, forward + backward);
-    otherwise ``F.scaled_dot_product_attention``, whose flash kernel never builds that matrix.
+    The 1x1 convs are per-position linear maps, and each memory layout takes the cheaper form
+    (docs/benchmarks.md): NCHW tensors go through ``conv2d``, one operator forward and backward
+    (what counts on a GPU, where a small network's step is paced by operator launches);
+    channels_last ones, whose positions-major (B*H*W, C) view is free, through ``F.linear``
+    (on the CPU a block is 1.25-1.4x faster at batch 8 than with oneDNN's 1x1 convs and copies).
+    The attention itself, up to ``MATH_MAX_POSITIONS`` positions on the CPU, is the plain formula
+    with an explicit (B, HW, HW) weight matrix (torch's fused CPU kernel costs 1.4x (fp32) to 4x
+    (bf16) more there, forward + backward); otherwise ``F.scaled_dot_product_attention``, whose
+    flash kernel never builds that matrix.
     """
 
     #: Largest H * W for the explicit path on CPU (16 x 16); beyond it the fused kernel wins.
@@ -158,23 +163,31 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
-        # A 1x1 conv is one linear map per position: applied as such to the positions-major
-        # sequence (B, H*W, C), which is a free view of a channels_last tensor (one copy of an
-        # NCHW one). q, k and v are then (B, H*W, C) views, read in place by the matmuls.
-        seq = group_norm_silu(self.norm, x, silu=False).permute(0, 2, 3, 1).reshape(B, H * W, C)
-        q, k, v = F.linear(seq, self.qkv.weight.flatten(1), self.qkv.bias).chunk(3, dim=-1)
+        h = group_norm_silu(self.norm, x, silu=False)
+        # Layouts never mix downstream (a mixed add or cat silently converts whole activations),
+        # so the output comes back in x's memory format.
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if cl:  # (B*H*W, C) rows, a view; q, k, v are (B, H*W, C) views of the linear's output
+            rows = h.permute(0, 2, 3, 1).reshape(-1, C)
+            qkv = F.linear(rows, self.qkv.weight.flatten(1), self.qkv.bias)
+            q, k, v = qkv.view(B, H * W, 3 * C).chunk(3, dim=-1)
+        else:  # (B, H*W, 3C) positions-major: one copy, so that SDPA can take its fused kernel
+            q, k, v = self.qkv(h).flatten(2).transpose(1, 2).contiguous().chunk(3, dim=-1)
         if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
             w = torch.softmax(q @ k.transpose(1, 2) * C**-0.5, dim=-1)  # (B, HW, HW)
-            h = w @ v  # h[:, i] = sum_j w[i, j] v[:, j]
+            h = w @ v  # (B, HW, C): h[:, i] = sum_j w[i, j] v[:, j]
         else:  # one head each: (B, 1, H*W, C), scale 1/sqrt(C)
-            h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-        out = F.linear(h, self.proj.weight.flatten(1), self.proj.bias)  # (B, H*W, C)
-        out = out.view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W) with channels_last strides
-        # Back to x's memory format, so that layouts never mix downstream (a mixed add or cat
-        # silently converts whole activations): free for channels_last, one copy otherwise.
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            out = out.contiguous()
-        return out.add_(x)  # in place on a fresh tensor: a linear's backward never reads it
+            q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
+            h = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B, HW, C)
+        # The residual is added in place to the projection's fresh output (neither a linear's
+        # nor a conv's backward reads it), before any view of it: an in-place op on a view
+        # would make autograd copy the whole base in the backward.
+        if cl:
+            out = F.linear(h.reshape(-1, C), self.proj.weight.flatten(1), self.proj.bias)
+            out = out.add_(x.permute(0, 2, 3, 1).reshape(-1, C))  # x's rows: a view as well
+            return out.view(B, H, W, C).permute(0, 3, 1, 2)  # channels_last strides, no copy
+        out = self.proj(h.transpose(1, 2).reshape(B, C, H, W).contiguous())  # one copy, to NCHW
+        return out.add_(x)
 
 
 class Downsample(nn.Module):
