@@ -190,7 +190,8 @@ def group_norm_silu(
 
     Returns:
         A tensor like ``x``, in its memory format; ``x`` itself is left as it is. The compiled
-        kernel runs where :func:`uses_kernel` says so; everywhere else, torch's ops.
+        kernel runs where :func:`uses_kernel` says so; everywhere else, torch's ops (for a
+        channels_last CPU tensor, on an NCHW copy).
     """
     if shift is not None and (shift.dim() != 2 or tuple(shift.shape) != tuple(x.shape[:2])):
         raise ValueError(
@@ -203,5 +204,12 @@ def group_norm_silu(
         return torch.ops.ddpm_teach.group_norm_silu_autograd(
             x, norm.weight, norm.bias, norm.num_groups, norm.eps, silu, shift
         )
-    h = norm(x if shift is None else x + shift.to(x.dtype)[:, :, None, None])  # keep x's dtype
-    return F.silu(h) if silu else h
+    if shift is not None:
+        x = x + shift.to(x.dtype)[:, :, None, None]  # keep x's dtype
+    # torch's CPU GroupNorm on channels_last input is 18-75x slower than on NCHW, and its backward
+    # crashes (torch 2.13) when x needs no gradient: normalise an NCHW copy, then copy back.
+    cl = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
+    cl = cl and x.is_contiguous(memory_format=torch.channels_last)
+    h = norm(x.contiguous() if cl else x)
+    h = F.silu(h) if silu else h
+    return h.contiguous(memory_format=torch.channels_last) if cl else h
