@@ -141,15 +141,14 @@ class AttentionBlock(nn.Module):
     GroupNorm -> one 1x1 conv giving q, k, v -> softmax(q k^T / sqrt(C)) v -> 1x1 conv
     (zero-initialised) -> added to x. Shapes: (B, C, H, W) -> (B, C, H, W).
 
-    The 1x1 convs are per-position linear maps, and each memory layout takes the cheaper form
-    (docs/benchmarks.md): NCHW tensors go through ``conv2d``, one operator forward and backward
-    (what counts on a GPU, where a small network's step is paced by operator launches);
-    channels_last ones, whose positions-major (B*H*W, C) view is free, through ``F.linear``
-    (on the CPU a block is 1.25-1.4x faster at batch 8 than with oneDNN's 1x1 convs and copies).
-    The attention itself, up to ``MATH_MAX_POSITIONS`` positions on the CPU, is the plain formula
-    with an explicit (B, HW, HW) weight matrix (torch's fused CPU kernel costs 1.4x (fp32) to 4x
-    (bf16) more there, forward + backward); otherwise ``F.scaled_dot_product_attention``, whose
-    flash kernel never builds that matrix.
+    Each way of computing it is picked by speed (docs/benchmarks.md). The attention itself, up
+    to ``MATH_MAX_POSITIONS`` positions on the CPU, is the plain formula with an explicit
+    (B, HW, HW) weight matrix (torch's fused CPU kernel costs 1.4x (fp32) to 4x (bf16) more
+    there, forward + backward); otherwise ``F.scaled_dot_product_attention``, whose flash kernel
+    never builds that matrix. The 1x1 convs are per-position linear maps: NCHW tensors go through
+    ``conv2d``, one operator forward and backward (what counts on a GPU, where a small network's
+    step is paced by operator launches); channels_last ones through ``F.linear`` on their free
+    positions-major view (on the CPU a block is 1.25-1.4x faster at batch 8 that way).
     """
 
     #: Largest H * W for the explicit path on CPU (16 x 16); beyond it the fused kernel wins.
@@ -164,30 +163,45 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         h = group_norm_silu(self.norm, x, silu=False)
-        # Layouts never mix downstream (a mixed add or cat silently converts whole activations),
-        # so the output comes back in x's memory format.
-        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        if cl:  # (B*H*W, C) rows, a view; q, k, v are (B, H*W, C) views of the linear's output
-            rows = h.permute(0, 2, 3, 1).reshape(-1, C)
-            qkv = F.linear(rows, self.qkv.weight.flatten(1), self.qkv.bias)
-            q, k, v = qkv.view(B, H * W, 3 * C).chunk(3, dim=-1)
-        else:  # (B, H*W, 3C) positions-major: one copy, so that SDPA can take its fused kernel
-            q, k, v = self.qkv(h).flatten(2).transpose(1, 2).contiguous().chunk(3, dim=-1)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return self._forward_channels_last(x, h)
+        qkv = self.qkv(h)  # (B, 3C, H, W)
+        if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
+            q, k, v = qkv.flatten(2).chunk(3, dim=1)  # each (B, C, HW); bmm reads them strided
+            w = torch.softmax(q.transpose(1, 2) @ k * C**-0.5, dim=-1)  # (B, HW, HW)
+            h = (v @ w.transpose(1, 2)).view(B, C, H, W)  # h[:, :, i] = sum_j w[i, j] v[:, :, j]
+        else:
+            # Positions-major (B, H*W, 3C), split into one head each of q, k, v: (B, 1, H*W, C).
+            # One copy, which lets SDPA take its fused kernel (several times faster on CPU than
+            # the strided fallback at 32 x 32); then one more back to NCHW.
+            q, k, v = qkv.flatten(2).transpose(1, 2).contiguous().unsqueeze(1).chunk(3, dim=-1)
+            h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, H*W, C), scale 1/sqrt(C)
+            h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W).contiguous()
+        return self.proj(h).add_(x)  # in place on the conv's fresh output
+
+    def _forward_channels_last(self, x: Tensor, h: Tensor) -> Tensor:
+        """The same for channels_last x (normalised: h), through its positions-major view.
+
+        (B, C, H, W) stored channels_last is (B*H*W, C) rows in memory, so the 1x1 convs become
+        ``F.linear`` on that free view, q, k and v are (B, H*W, C) views of its output, and the
+        result goes back as a view too: no copies, and no 1x1 convolutions through oneDNN.
+        """
+        B, C, H, W = x.shape
+        rows = h.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C), a view
+        qkv = F.linear(rows, self.qkv.weight.flatten(1), self.qkv.bias)
+        q, k, v = qkv.view(B, H * W, 3 * C).chunk(3, dim=-1)
         if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
             w = torch.softmax(q @ k.transpose(1, 2) * C**-0.5, dim=-1)  # (B, HW, HW)
             h = w @ v  # (B, HW, C): h[:, i] = sum_j w[i, j] v[:, j]
         else:  # one head each: (B, 1, H*W, C), scale 1/sqrt(C)
             q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
             h = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B, HW, C)
-        # The residual is added in place to the projection's fresh output (neither a linear's
-        # nor a conv's backward reads it), before any view of it: an in-place op on a view
-        # would make autograd copy the whole base in the backward.
-        if cl:
-            out = F.linear(h.reshape(-1, C), self.proj.weight.flatten(1), self.proj.bias)
-            out = out.add_(x.permute(0, 2, 3, 1).reshape(-1, C))  # x's rows: a view as well
-            return out.view(B, H, W, C).permute(0, 3, 1, 2)  # channels_last strides, no copy
-        out = self.proj(h.transpose(1, 2).reshape(B, C, H, W).contiguous())  # one copy, to NCHW
-        return out.add_(x)
+        out = F.linear(h.reshape(-1, C), self.proj.weight.flatten(1), self.proj.bias)
+        # The residual goes in place into the linear's fresh output (its backward never reads
+        # it) before that is viewed as (B, C, H, W): in place on the view, autograd would copy
+        # the whole base in the backward.
+        out = out.add_(x.permute(0, 2, 3, 1).reshape(-1, C))  # x's rows: a view as well
+        return out.view(B, H, W, C).permute(0, 3, 1, 2)  # channels_last strides, no copy
 
 
 class Downsample(nn.Module):
