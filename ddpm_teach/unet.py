@@ -148,7 +148,7 @@ class AttentionBlock(nn.Module):
     never builds that matrix. The 1x1 convs are per-position linear maps: NCHW tensors go through
     ``conv2d``, one operator forward and backward (what counts on a GPU, where a small network's
     step is paced by operator launches); channels_last ones through ``F.linear`` on their free
-    positions-major view (on the CPU a block is 1.25-1.4x faster at batch 8 that way).
+    positions-major view (on the CPU a block is 1.2-1.4x faster at batch 8 that way).
     """
 
     #: Largest H * W for the explicit path on CPU (16 x 16); beyond it the fused kernel wins.
