@@ -117,6 +117,15 @@ def _(eps, t, betas):
     return _scaled(eps, t - 1, 1 - _alpha_bars(betas))
 
 
+@score_from_eps.mistake(
+    "t-plus-one",
+    "t is off by one: you read `alpha_bar[t + 1]`, one step too much noise. Index t already "
+    "stands for the paper's t + 1, so the noise in x_t has variance 1 - alpha_bar[t].",
+)
+def _(eps, t, betas):
+    return _scaled(eps, t + 1, 1 - _alpha_bars(betas))
+
+
 # ---------------------------------------------------------------------------------- tweedie-x0
 
 
@@ -207,6 +216,16 @@ def _(x_t, t, score, betas):
 )
 def _(x_t, t, score, betas):
     ab = _at(_alpha_bars(betas), t - 1, x_t)
+    return _tweedie(x_t, score, 1 - ab, ab.sqrt())
+
+
+@x0_from_score.mistake(
+    "t-plus-one",
+    "t is off by one: you read `alpha_bar[t + 1]`, the next step's; index t already stands for "
+    "the paper's t + 1, so x_t's coefficients sit at index t itself.",
+)
+def _(x_t, t, score, betas):
+    ab = _at(_alpha_bars(betas), t + 1, x_t)
     return _tweedie(x_t, score, 1 - ab, ab.sqrt())
 
 
