@@ -19,6 +19,12 @@ row per student, notebook and exercise: ``student,notebook,exercise,passed,messa
 the notebook as a whole (unreadable, a cell raised, timed out, kernel died) is a row with exercise
 ``*``; an exercise whose check never ran is "not reached". The grader itself never stops on a
 student's notebook.
+
+What it trusts: the verdicts are written by the checks that run inside the student's kernel, next
+to the student's code, which could just as well write a verdict of its own (the trace file's name
+is in its environment) or replace ``check``. Python has no sandbox that would stop that, so the
+grade is evidence that the solutions pass, as a test run is, not proof against cheating: for marks
+that count, an instructor also reads the solution cells.
 """
 
 from __future__ import annotations
