@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/benchmarks.md in one go (about 8 minutes on an H200, estimated
-# from its parts: all but bench.trainer_speed ran there in about 5 minutes):
+# Every GPU measurement of docs/benchmarks.md in one go (about 9-10 minutes on an H200, estimated
+# from its parts: all but bench.trainer_speed and the loss-aware run ran there in about 5 minutes):
 #
 #   bash bench/gpu.sh [DOC]        # DOC: where the dated sections go (default docs/benchmarks.md)
 #
@@ -34,6 +34,9 @@ step "the gpu budget's whole training step under several settings" \
 step "time to sharp digits at the gpu budget" \
     "$python" -m bench.time_to_quality --device cuda --only digits --budget gpu \
     --digits-eval-every 1000 --doc "$doc"
+step "the same with loss-aware t (the cpu budget's; the gpu budget's is uniform)" \
+    "$python" -m bench.time_to_quality --device cuda --only digits --budget gpu \
+    --digits-eval-every 1000 --set t_sampling=loss-aware --doc "$doc"
 step "sampling, ours vs diffusers" \
     "$python" -m bench.sampling --device cuda --peak-tflops "$peak" --doc "$doc"
 echo "=== done (+$(($(date +%s) - start)) s)"

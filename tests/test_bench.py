@@ -170,8 +170,9 @@ def test_gpu_script_runs_every_benchmark_with_arguments_they_accept(tmp_path):
     modules = [c[2] for c in calls[1:]]
     assert modules == [
         "pytest", "bench.train_step", "bench.trainer_speed", "bench.time_to_quality",
-        "bench.sampling",
+        "bench.time_to_quality", "bench.sampling",
     ]  # fmt: skip
+    assert "t_sampling=loss-aware" in calls[5]  # the gpu budget with the cpu budget's t sampling
     assert calls[1][3:] == ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "tests/test_cuda.py"]
     for call in calls[2:]:
         module = importlib.import_module(call[2])
