@@ -1,6 +1,7 @@
 """Draw samples from a checkpoint: ``python -m ddpm_teach.sample --checkpoint runs/g/last.pt``.
 
 Loads the EMA weights (``--raw`` for the trained ones) on the CPU or a GPU, runs the reverse chain
+(on a CPU in the precision the run trained in: bf16 autocast if it did, unless ``--fp32``)
 and writes a PNG: an image grid, or a scatter plot for a 2-D toy model. ``--gif`` also writes the
 reverse trajectory, x_T to x_0, as an animation. ``--report`` also judges the samples with
 ``ddpm_teach.metrics``: the digit probe's report (confident share, class coverage, digit-FID with
@@ -25,7 +26,7 @@ import torch
 
 from . import fused
 from .sampling import Trajectory, ddim_sample, ddpm_sample
-from .training import load_checkpoint, save_preview
+from .training import BF16Sampling, has_native_bf16, load_checkpoint, save_preview
 
 _GIF_FRAMES = 50  # about this many frames, whatever the number of steps
 # The digit sets the probe of --report was made for (it also judges the 2-D sets).
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--raw", action="store_true", help="the trained weights instead of the EMA")
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="float32 throughout (by default a run trained under bf16 autocast samples under it "
+        "on a CPU with native bf16: 1.6x faster for the cpu budget, the same scores)",
+    )
     p.add_argument(
         "--report",
         action="store_true",
@@ -117,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # GroupNorm kernel makes it pay (torch's own is slow on that layout; GPUs: unmeasured).
     if is_image and config.channels_last and device_type == "cpu" and fused.available():
         net = net.to(memory_format=torch.channels_last)
+    # A run trained under bf16 autocast samples under it on a CPU that computes bf16 natively
+    # (1.6x faster for the cpu budget's U-Net, the same scores; GPUs: unmeasured, float32).
+    if config.bf16 and device_type == "cpu" and not args.fp32 and has_native_bf16("cpu"):
+        net = BF16Sampling(net)
     n = args.n if args.n is not None else (64 if is_image else 2000)
     T = schedule.num_steps
     steps = args.steps if args.steps is not None else (T if args.sampler == "ddpm" else min(50, T))

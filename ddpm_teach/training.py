@@ -75,6 +75,7 @@ __all__ = [
     "MODEL_KINDS",
     "SCHEDULE_KINDS",
     "T_SAMPLINGS",
+    "BF16Sampling",
     "LossAwareSampler",
     "NonFiniteLossError",
     "TrainConfig",
@@ -199,6 +200,27 @@ def has_native_bf16(device: torch.device | str) -> bool:
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return False
+
+
+class BF16Sampling(nn.Module):
+    """``model(x_t, t)`` evaluated under bfloat16 autocast and returned in x_t's dtype.
+
+    How a network trained under bf16 autocast is sampled on a CPU with native bf16: the ``cpu``
+    budget's U-Net drew 1,000 digits by DDIM-100 1.6x faster (83.6 against 135.3 s, two threads
+    of a 2-core EPYC) with the same scores (90.8 % confident either way, digit-FID 11.16 against
+    11.22; docs/benchmarks.md). The samplers see an ordinary model; the chain's arithmetic between
+    network calls stays in x_t's dtype.
+
+    Shapes: x_t (B, ...), t (B,) -> (B, ...), like ``model``.
+    """
+
+    def __init__(self, model: nn.Module, device_type: str = "cpu") -> None:
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        with torch.autocast(self.device_type, torch.bfloat16):
+            return self.model(x_t, t).to(x_t.dtype)
 
 
 def _model_kind(model: nn.Module) -> str:
@@ -1057,8 +1079,9 @@ class Trainer:
     ) -> Tensor:
         """Draw ``n`` samples with DDIM over ``steps`` steps (defaults: the config's preview).
 
-        Images have their x_0 prediction clipped to [-1, 1] at every step. Returns a CPU tensor
-        of shape (n, *data.shape[1:]).
+        Images have their x_0 prediction clipped to [-1, 1] at every step. A run that trains
+        under bf16 autocast on the CPU samples under it too (:class:`BF16Sampling`). Returns a
+        CPU tensor of shape (n, *data.shape[1:]).
         """
         from .sampling import ddim_sample
 
@@ -1068,8 +1091,11 @@ class Trainer:
         was_training = model.training
         model.eval()
         g = torch.Generator(self.device).manual_seed(cfg.seed if seed is None else seed)
+        # A network trained under bf16 autocast samples under it on the CPU, where it was
+        # measured (BF16Sampling; on a GPU, sampling stays in float32: unmeasured there).
+        net = BF16Sampling(model) if self.bf16 and self.device.type == "cpu" else model
         out = ddim_sample(
-            model,
+            net,
             self.schedule,
             (n, *self.data.shape[1:]),
             num_steps=steps or cfg.sample_steps,

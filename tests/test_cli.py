@@ -14,7 +14,7 @@ from PIL import Image
 from ddpm_teach import sample as sample_cli
 from ddpm_teach import train as train_cli
 from ddpm_teach.budgets import budget
-from ddpm_teach.training import load_checkpoint
+from ddpm_teach.training import BF16Sampling, load_checkpoint
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -92,6 +92,31 @@ def test_sample_report_judges_digits_and_refuses_other_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample_cli.main(["--checkpoint", str(tmp_path / "cifar.pt"), "--out", png, "--report"])
     assert "--report: no offline metric for 'cifar10'" in capsys.readouterr().err
+
+
+def test_a_bf16_run_samples_under_autocast_unless_fp32(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "digits"
+    args = ["--data", "glyph-digits", "--budget", "smoke", "--out", str(out), "--no-progress"]
+    assert train_cli.main([*args, "--steps", "2", "--device", "cpu", "--num-samples", "0"]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert not ckpt["config"]["bf16"]  # the smoke budget trains in float32
+    ckpt["config"]["bf16"] = True  # as the cpu budget does where the CPU has native bf16
+    torch.save(ckpt, tmp_path / "bf16.pt")
+    nets, real = [], sample_cli.ddim_sample
+
+    def spy(net, *args, **kwargs):
+        nets.append(net)
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(sample_cli, "ddim_sample", spy)
+    monkeypatch.setattr(sample_cli, "has_native_bf16", lambda device: True)  # any CPU runs it
+    png = str(tmp_path / "s.png")
+    common = ["--out", png, "--n", "4", "--sampler", "ddim", "--steps", "3", "--device", "cpu"]
+    for checkpoint, flags in (("bf16.pt", []), ("bf16.pt", ["--fp32"])):
+        assert sample_cli.main(["--checkpoint", str(tmp_path / checkpoint), *common, *flags]) == 0
+    assert sample_cli.main(["--checkpoint", str(out / "last.pt"), *common]) == 0
+    assert [isinstance(net, BF16Sampling) for net in nets] == [True, False, False]
+    assert Image.open(png).size[0] > 0
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):

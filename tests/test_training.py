@@ -22,6 +22,7 @@ from ddpm_teach.data import EIGHT_GAUSSIANS_CENTERS, EIGHT_GAUSSIANS_STD, toy_2d
 from ddpm_teach.mlp import MLPDenoiser
 from ddpm_teach.sampling import ddim_sample, ddpm_sample
 from ddpm_teach.training import (
+    BF16Sampling,
     LossAwareSampler,
     NonFiniteLossError,
     TrainConfig,
@@ -161,6 +162,39 @@ def _warm_sampler(rms: torch.Tensor, history: int = 4) -> LossAwareSampler:
     for _ in range(history):
         s.update(torch.arange(len(rms)), rms)
     return s
+
+
+def test_bf16_sampling_runs_the_model_under_autocast_and_returns_x_dtype():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x, t):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return (x * 2).to(torch.bfloat16)  # as a network under autocast returns
+
+    wrapped = BF16Sampling(Probe())
+    x = torch.randn(3, 1, 4, 4)
+    out = wrapped(x, torch.zeros(3, dtype=torch.long))
+    assert seen == [True] and out.dtype == torch.float32
+    assert torch.allclose(out, x * 2, rtol=1e-2)
+    assert not torch.is_autocast_enabled("cpu")  # only around the call
+
+
+def test_trainer_samples_under_bf16_where_it_trains_under_it(monkeypatch):
+    import ddpm_teach.sampling as sampling
+
+    nets, real = [], sampling.ddim_sample
+
+    def spy(net, *args, **kwargs):
+        nets.append(net)
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "ddim_sample", spy)
+    for bf16 in (False, True):
+        trainer = Trainer(image_config(bf16=bf16), IMAGES, progress=False)
+        trainer.bf16 = bf16  # as on a CPU with native bf16, whichever this one is
+        assert trainer.sample(2, steps=2).shape == (2, 1, 8, 8)
+    assert [isinstance(net, BF16Sampling) for net in nets] == [False, True]
 
 
 def test_loss_aware_sampler_is_uniform_until_every_step_has_its_history():
