@@ -158,7 +158,8 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
         + f": U-Net {config.model_kwargs}, batch {config.batch_size}, lr {config.lr} "
         f"(lr_decay {config.lr_decay}), EMA {config.ema_decay}, {config.data_size} glyph digits (rendering and "
         f"set-up took {data_s:.0f} s, not counted); {args.digits_n} samples per evaluation by "
-        f"DDIM-{config.sample_steps} with eta {config.sample_eta} (EMA weights); goal = >= 90 % "
+        f"DDIM-{config.sample_steps} with eta {config.sample_eta} (EMA weights, "
+        f"{'bf16 autocast' if trainer.bf16 and device.type == 'cpu' else 'float32'}); goal = >= 90 % "
         "confident (p >= 0.9) and 10/10 classes."
     )
     return rows, setup_note

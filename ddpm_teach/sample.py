@@ -1,8 +1,8 @@
 """Draw samples from a checkpoint: ``python -m ddpm_teach.sample --checkpoint runs/g/last.pt``.
 
 Loads the EMA weights (``--raw`` for the trained ones) on the CPU or a GPU, runs the reverse chain
-(on a CPU in the precision the run trained in: bf16 autocast if it did, unless ``--fp32``)
-and writes a PNG: an image grid, or a scatter plot for a 2-D toy model. ``--gif`` also writes the
+(on a CPU with native bf16, under bf16 autocast when the run's config trains under it, as the
+cpu budget's does; ``--fp32`` for float32 throughout) and writes a PNG: an image grid, or a scatter plot for a 2-D toy model. ``--gif`` also writes the
 reverse trajectory, x_T to x_0, as an animation. ``--report`` also judges the samples with
 ``ddpm_teach.metrics``: the digit probe's report (confident share, class coverage, digit-FID with
 its floor) for a 28 x 28 digits model, the toy report (mode coverage, MMD with floors) for a 2-D one.
@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fp32",
         action="store_true",
-        help="float32 throughout (by default a run trained under bf16 autocast samples under it "
-        "on a CPU with native bf16: 1.6x faster for the cpu budget, the same scores)",
+        help="float32 throughout (by default a run configured for bf16 autocast samples under "
+        "it on a CPU with native bf16: for the cpu budget's DDIM-100 1.6x faster with the same "
+        "scores)",
     )
     p.add_argument(
         "--report",
@@ -124,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # GroupNorm kernel makes it pay (torch's own is slow on that layout; GPUs: unmeasured).
     if is_image and config.channels_last and device_type == "cpu" and fused.available():
         net = net.to(memory_format=torch.channels_last)
-    # A run trained under bf16 autocast samples under it on a CPU that computes bf16 natively
-    # (1.6x faster for the cpu budget's U-Net, the same scores; GPUs: unmeasured, float32).
+    # A run configured for bf16 autocast samples under it on a CPU that computes bf16 natively,
+    # as the trainer decides for training (1.6x faster for the cpu budget's U-Net, the same
+    # scores; GPUs: unmeasured, float32).
     if config.bf16 and device_type == "cpu" and not args.fp32 and has_native_bf16("cpu"):
         net = BF16Sampling(net)
     n = args.n if args.n is not None else (64 if is_image else 2000)

@@ -211,15 +211,15 @@ class BF16Sampling(nn.Module):
     11.22; docs/benchmarks.md). The samplers see an ordinary model; the chain's arithmetic between
     network calls stays in x_t's dtype.
 
-    Shapes: x_t (B, ...), t (B,) -> (B, ...), like ``model``.
+    Shapes: x_t (B, ...), t (B,) -> (B, ...), like ``model``. Autocast is for x_t's device.
     """
 
-    def __init__(self, model: nn.Module, device_type: str = "cpu") -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.device_type = model, device_type
+        self.model = model
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        with torch.autocast(self.device_type, torch.bfloat16):
+        with torch.autocast(x_t.device.type, torch.bfloat16):
             return self.model(x_t, t).to(x_t.dtype)
 
 
@@ -1076,12 +1076,14 @@ class Trainer:
         eta: float | None = None,
         seed: int | None = None,
         use_ema: bool = True,
+        bf16: bool | None = None,
     ) -> Tensor:
         """Draw ``n`` samples with DDIM over ``steps`` steps (defaults: the config's preview).
 
-        Images have their x_0 prediction clipped to [-1, 1] at every step. A run that trains
-        under bf16 autocast on the CPU samples under it too (:class:`BF16Sampling`). Returns a
-        CPU tensor of shape (n, *data.shape[1:]).
+        Images have their x_0 prediction clipped to [-1, 1] at every step. ``bf16``: evaluate
+        the network under bf16 autocast (:class:`BF16Sampling`); None (default) does so where
+        the run trains under it on the CPU, where it was measured, and keeps float32 elsewhere.
+        Returns a CPU tensor of shape (n, *data.shape[1:]).
         """
         from .sampling import ddim_sample
 
@@ -1091,9 +1093,9 @@ class Trainer:
         was_training = model.training
         model.eval()
         g = torch.Generator(self.device).manual_seed(cfg.seed if seed is None else seed)
-        # A network trained under bf16 autocast samples under it on the CPU, where it was
-        # measured (BF16Sampling; on a GPU, sampling stays in float32: unmeasured there).
-        net = BF16Sampling(model) if self.bf16 and self.device.type == "cpu" else model
+        if bf16 is None:  # as trained, on the CPU (on a GPU bf16 sampling is unmeasured)
+            bf16 = self.bf16 and self.device.type == "cpu"
+        net = BF16Sampling(model) if bf16 else model
         out = ddim_sample(
             net,
             self.schedule,

@@ -419,7 +419,7 @@ print(f"a step at batch {config.batch_size}: float32 {fp32_s * 1000:.0f} ms, bf1
 # output handed back in float32, so the samplers of chapter 03 see an ordinary model. `Trainer.sample`
 # does this wherever the run trains under bf16 on the CPU. For the `cpu` budget's U-Net it drew
 # 1,000 digits 1.6x faster than float32, with the same scores (docs/benchmarks.md, "Sampling in
-# bf16"); the sample command's `--fp32` turns it off.
+# bf16"); `Trainer.sample(bf16=False)` and the sample command's `--fp32` turn it off.
 
 # %% [markdown]
 # **Memory layout.** A (B, C, H, W) tensor can sit in memory in two orders. PyTorch's default,

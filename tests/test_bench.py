@@ -172,9 +172,14 @@ def test_gpu_script_runs_every_benchmark_with_arguments_they_accept(tmp_path):
         "pytest", "bench.train_step", "bench.trainer_speed", "bench.time_to_quality",
         "bench.time_to_quality", "bench.sampling",
     ]  # fmt: skip
-    assert "t_sampling=loss-aware" in calls[5]  # the gpu budget with the cpu budget's t sampling
+    assert "t_sampling=loss-aware" in calls[5]  # the gpu budget with the cpu budget's recipe
     assert calls[1][3:] == ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "tests/test_cuda.py"]
     for call in calls[2:]:
         module = importlib.import_module(call[2])
         args = module.parse_args(call[3:])  # the flags the script passes must parse
         assert args.device == "cuda" and args.doc == str(tmp_path / "doc.md")
+        if call[2] == "bench.time_to_quality":  # its --set fields must be the config's
+            from ddpm_teach.training import TrainConfig
+
+            config = TrainConfig.from_budget("glyph-digits", args.budget, **dict(args.set))
+            assert all(getattr(config, k) == v for k, v in args.set)

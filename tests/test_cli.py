@@ -102,21 +102,25 @@ def test_a_bf16_run_samples_under_autocast_unless_fp32(tmp_path, capsys, monkeyp
     assert not ckpt["config"]["bf16"]  # the smoke budget trains in float32
     ckpt["config"]["bf16"] = True  # as the cpu budget does where the CPU has native bf16
     torch.save(ckpt, tmp_path / "bf16.pt")
-    nets, real = [], sample_cli.ddim_sample
+    nets, real = [], {"ddim": sample_cli.ddim_sample, "ddpm": sample_cli.ddpm_sample}
 
     def spy(net, *args, **kwargs):
         nets.append(net)
-        return real(net, *args, **kwargs)
+        sampler = "ddim" if "num_steps" in kwargs else "ddpm"
+        return real[sampler](net, *args, **kwargs)
 
     monkeypatch.setattr(sample_cli, "ddim_sample", spy)
     monkeypatch.setattr(sample_cli, "has_native_bf16", lambda device: True)  # any CPU runs it
-    png = str(tmp_path / "s.png")
-    common = ["--out", png, "--n", "4", "--sampler", "ddim", "--steps", "3", "--device", "cpu"]
-    for checkpoint, flags in (("bf16.pt", []), ("bf16.pt", ["--fp32"])):
-        assert sample_cli.main(["--checkpoint", str(tmp_path / checkpoint), *common, *flags]) == 0
-    assert sample_cli.main(["--checkpoint", str(out / "last.pt"), *common]) == 0
-    assert [isinstance(net, BF16Sampling) for net in nets] == [True, False, False]
-    assert Image.open(png).size[0] > 0
+    monkeypatch.setattr(sample_cli, "ddpm_sample", spy)
+    common = ["--out", str(tmp_path / "s.png"), "--n", "4", "--device", "cpu"]
+    for checkpoint, flags in (
+        (tmp_path / "bf16.pt", ["--sampler", "ddim", "--steps", "3"]),
+        (tmp_path / "bf16.pt", ["--sampler", "ddpm"]),  # the whole chain: ddpm_sample
+        (tmp_path / "bf16.pt", ["--sampler", "ddim", "--steps", "3", "--fp32"]),
+        (out / "last.pt", ["--sampler", "ddim", "--steps", "3"]),
+    ):
+        assert sample_cli.main(["--checkpoint", str(checkpoint), *common, *flags]) == 0
+    assert [isinstance(net, BF16Sampling) for net in nets] == [True, True, False, False]
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):

@@ -194,7 +194,11 @@ def test_trainer_samples_under_bf16_where_it_trains_under_it(monkeypatch):
         trainer = Trainer(image_config(bf16=bf16), IMAGES, progress=False)
         trainer.bf16 = bf16  # as on a CPU with native bf16, whichever this one is
         assert trainer.sample(2, steps=2).shape == (2, 1, 8, 8)
-    assert [isinstance(net, BF16Sampling) for net in nets] == [False, True]
+    trainer.sample(2, steps=2, use_ema=False)  # the raw weights: wrapped alike
+    trainer.sample(2, steps=2, bf16=False)  # float32 on request
+    kinds = [isinstance(net, BF16Sampling) for net in nets]
+    assert kinds == [False, True, True, False]
+    assert nets[2].model is trainer.model and nets[1].model is trainer.ema
 
 
 def test_loss_aware_sampler_is_uniform_until_every_step_has_its_history():
