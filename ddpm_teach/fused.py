@@ -9,7 +9,7 @@ is 18-75x slower on channels_last input than on NCHW, which ate the whole gain (
 (``csrc/group_norm_silu.cpp``) for GroupNorm, optionally followed by SiLU, on channels_last
 float32 or bfloat16 tensors, forward and backward, in two passes over the activations each way.
 With it, channels_last makes the ``cpu`` budget's training 1.03-1.17x faster and its sampling
-1.4x (two threads), and the digits U-Net of ``bench.train_step`` 1.3x diffusers' in bfloat16
+1.4x (two threads), and the digits U-Net of ``bench.train_step`` 1.3-1.4x diffusers' in bfloat16
 (docs/benchmarks.md).
 
 The math is exactly ``F.silu(F.group_norm(x, G, gamma, beta, eps))`` (Wu & He 2018): for each
