@@ -17,7 +17,7 @@ sample and group of C/G channels, the mean and variance over the group's channel
 z = (x - mean) / sqrt(var + eps) * gamma + beta, then y = z * sigmoid(z). The tests check it
 against that formula in float64.
 
-The kernel is compiled on first use by ``torch.utils.cpp_extension`` (15-20 s once, for this
+The kernel is compiled on first use by ``torch.utils.cpp_extension`` (15-25 s once, for this
 CPU: ``-march=native``; the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). It needs a C++ compiler with OpenMP (g++ on Linux and Colab).
 Where the build fails (one warning says why) or ``DDPM_TEACH_FUSED=0`` is set, :func:`available`

@@ -442,7 +442,7 @@ print("the same tensor:", torch.equal(h, h_cl))
 # ResBlock: torch's GroupNorm is 18-75x slower on channels_last tensors than on NCHW ones, which
 # wiped out the gain. So the package brings its own, `fused.group_norm_silu(norm, x)`: the same
 # `F.silu(norm(x))`, computed for a channels_last tensor on the CPU by one small C++ kernel
-# (`ddpm_teach/csrc/group_norm_silu.cpp`, compiled the first time it is needed, 15-20 seconds once),
+# (`ddpm_teach/csrc/group_norm_silu.cpp`, compiled the first time it is needed, 15-25 seconds once),
 # and by torch's two ops everywhere else. Every ResBlock of the U-Net calls it. On the 2-core EPYC
 # that ran this notebook, the bare network step below gains more than a whole training run does
 # (the trainer's own work, the batch, the EMA and the optimiser, does not change): the `cpu`
