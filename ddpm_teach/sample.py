@@ -159,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     samples = (result.sample if isinstance(result, Trajectory) else result).cpu()
     save_preview(samples, args.out)
-    print(f"wrote {args.out}: {n} samples, {args.sampler} with {steps} steps, {seconds:.1f} s")
+    precision = "bf16 autocast" if isinstance(net, BF16Sampling) else "float32"
+    print(
+        f"wrote {args.out}: {n} samples, {args.sampler} with {steps} steps, {seconds:.1f} s "
+        f"({precision})"
+    )
     if args.report:
         print(report(samples, config.data))
     if args.gif:

@@ -121,6 +121,9 @@ def test_a_bf16_run_samples_under_autocast_unless_fp32(tmp_path, capsys, monkeyp
     ):
         assert sample_cli.main(["--checkpoint", str(checkpoint), *common, *flags]) == 0
     assert [isinstance(net, BF16Sampling) for net in nets] == [True, True, False, False]
+    printed = capsys.readouterr().out.splitlines()
+    wrote = [line for line in printed if line.startswith("wrote")]
+    assert [line.endswith("(bf16 autocast)") for line in wrote] == [True, True, False, False]
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):
