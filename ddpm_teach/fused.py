@@ -160,15 +160,23 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 )
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is an (N, C, H, W) tensor stored channels_last and not also NCHW (a tensor
+    of 1 x 1 pixels, or of one channel, is both, and NCHW code handles it as it is)."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
 def uses_kernel(x: Tensor) -> bool:
     """Whether :func:`group_norm_silu` runs the compiled kernel for ``x``: a CPU float32 or
     bfloat16 (N, C, H, W) tensor stored channels_last (and not inside ``torch.compile``)."""
     return (
         x.device.type == "cpu"
-        and x.dim() == 4
         and x.dtype in (torch.float32, torch.bfloat16)
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not x.is_contiguous()  # NCHW (or both, e.g. 1 x 1 pixels): torch's kernel is fine
+        and is_channels_last(x)  # NCHW (or both, e.g. 1 x 1 pixels): torch's kernel is fine
         and not _is_compiling()
         and available()
     )
@@ -208,8 +216,7 @@ def group_norm_silu(
         x = x + shift.to(x.dtype)[:, :, None, None]  # keep x's dtype
     # torch's CPU GroupNorm on channels_last input is 18-75x slower than on NCHW, and its backward
     # crashes (torch 2.13) when x needs no gradient: normalise an NCHW copy, then copy back.
-    cl = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
-    cl = cl and x.is_contiguous(memory_format=torch.channels_last)
+    cl = x.device.type == "cpu" and is_channels_last(x)
     h = norm(x.contiguous() if cl else x)
     h = F.silu(h) if silu else h
     return h.contiguous(memory_format=torch.channels_last) if cl else h

@@ -2,8 +2,9 @@
 
 Loads the EMA weights (``--raw`` for the trained ones) on the CPU or a GPU, runs the reverse chain
 (on a CPU with native bf16, under bf16 autocast when the run's config trains under it, as the
-cpu budget's does; ``--fp32`` for float32 throughout) and writes a PNG: an image grid, or a scatter plot for a 2-D toy model. ``--gif`` also writes the
-reverse trajectory, x_T to x_0, as an animation. ``--report`` also judges the samples with
+cpu budget's does; ``--fp32`` for float32 throughout) and writes a PNG: an image grid, or a
+scatter plot for a 2-D toy model. ``--gif`` also writes the reverse trajectory, x_T to x_0, as an
+animation. ``--report`` also judges the samples with
 ``ddpm_teach.metrics``: the digit probe's report (confident share, class coverage, digit-FID with
 its floor) for a 28 x 28 digits model, the toy report (mode coverage, MMD with floors) for a 2-D one.
 
@@ -26,7 +27,7 @@ import torch
 
 from . import fused
 from .sampling import Trajectory, ddim_sample, ddpm_sample
-from .training import BF16Sampling, has_native_bf16, load_checkpoint, save_preview
+from .training import BF16Sampling, load_checkpoint, save_preview
 
 _GIF_FRAMES = 50  # about this many frames, whatever the number of steps
 # The digit sets the probe of --report was made for (it also judges the 2-D sets).
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A run configured for bf16 autocast samples under it on a CPU that computes bf16 natively,
     # as the trainer decides for training (1.6x faster for the cpu budget's U-Net, the same
     # scores; GPUs: unmeasured, float32).
-    if config.bf16 and device_type == "cpu" and not args.fp32 and has_native_bf16("cpu"):
+    if not args.fp32 and BF16Sampling.applies(config.bf16, device):
         net = BF16Sampling(net)
     n = args.n if args.n is not None else (64 if is_image else 2000)
     T = schedule.num_steps

@@ -222,6 +222,13 @@ class BF16Sampling(nn.Module):
         with torch.autocast(x_t.device.type, torch.bfloat16):
             return self.model(x_t, t).to(x_t.dtype)
 
+    @staticmethod
+    def applies(bf16: bool, device: torch.device | str) -> bool:
+        """Whether a run configured with ``bf16`` samples under it on ``device``: only on a CPU
+        that computes bf16 natively, where it was measured (on a GPU it is unmeasured)."""
+        device = torch.device(device)
+        return bf16 and device.type == "cpu" and has_native_bf16(device)
+
 
 def _model_kind(model: nn.Module) -> str:
     if isinstance(model, UNet):
@@ -1093,8 +1100,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         g = torch.Generator(self.device).manual_seed(cfg.seed if seed is None else seed)
-        if bf16 is None:  # as trained, on the CPU (on a GPU bf16 sampling is unmeasured)
-            bf16 = self.bf16 and self.device.type == "cpu"
+        if bf16 is None:
+            bf16 = BF16Sampling.applies(self.bf16, self.device)
         net = BF16Sampling(model) if bf16 else model
         out = ddim_sample(
             net,

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import group_norm_silu
+from .fused import group_norm_silu, is_channels_last
 
 __all__ = ["AttentionBlock", "Downsample", "ResBlock", "UNet", "Upsample", "timestep_embedding"]
 
@@ -163,10 +163,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         h = group_norm_silu(self.norm, x, silu=False)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if is_channels_last(x):
             return self._forward_channels_last(x, h)
         qkv = self.qkv(h)  # (B, 3C, H, W)
-        if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
+        if self._explicit(x):
             q, k, v = qkv.flatten(2).chunk(3, dim=1)  # each (B, C, HW); bmm reads them strided
             w = torch.softmax(q.transpose(1, 2) @ k * C**-0.5, dim=-1)  # (B, HW, HW)
             h = (v @ w.transpose(1, 2)).view(B, C, H, W)  # h[:, :, i] = sum_j w[i, j] v[:, :, j]
@@ -179,6 +179,10 @@ class AttentionBlock(nn.Module):
             h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W).contiguous()
         return self.proj(h).add_(x)  # in place on the conv's fresh output
 
+    def _explicit(self, x: Tensor) -> bool:
+        """Whether attention over x's positions takes the explicit formula (else SDPA)."""
+        return x.device.type == "cpu" and x.shape[2] * x.shape[3] <= self.MATH_MAX_POSITIONS
+
     def _forward_channels_last(self, x: Tensor, h: Tensor) -> Tensor:
         """The same for channels_last x (normalised: h), through its positions-major view.
 
@@ -190,7 +194,7 @@ class AttentionBlock(nn.Module):
         rows = h.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C), a view
         qkv = F.linear(rows, self.qkv.weight.flatten(1), self.qkv.bias)
         q, k, v = qkv.view(B, H * W, 3 * C).chunk(3, dim=-1)
-        if x.device.type == "cpu" and H * W <= self.MATH_MAX_POSITIONS:
+        if self._explicit(x):
             w = torch.softmax(q @ k.transpose(1, 2) * C**-0.5, dim=-1)  # (B, HW, HW)
             h = w @ v  # (B, HW, C): h[:, i] = sum_j w[i, j] v[:, j]
         else:  # one head each: (B, 1, H*W, C), scale 1/sqrt(C)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ddpm_teach import sample as sample_cli
 from ddpm_teach import train as train_cli
+from ddpm_teach import training
 from ddpm_teach.budgets import budget
 from ddpm_teach.training import BF16Sampling, load_checkpoint
 
@@ -110,7 +111,7 @@ def test_a_bf16_run_samples_under_autocast_unless_fp32(tmp_path, capsys, monkeyp
         return real[sampler](net, *args, **kwargs)
 
     monkeypatch.setattr(sample_cli, "ddim_sample", spy)
-    monkeypatch.setattr(sample_cli, "has_native_bf16", lambda device: True)  # any CPU runs it
+    monkeypatch.setattr(training, "has_native_bf16", lambda device: True)  # any CPU runs it
     monkeypatch.setattr(sample_cli, "ddpm_sample", spy)
     common = ["--out", str(tmp_path / "s.png"), "--n", "4", "--device", "cpu"]
     for checkpoint, flags in (
