@@ -419,7 +419,12 @@ print(f"a step at batch {config.batch_size}: float32 {fp32_s * 1000:.0f} ms, bf1
 # output handed back in float32, so the samplers of chapter 03 see an ordinary model. `Trainer.sample`
 # does this wherever the run trains under bf16 on the CPU. For the `cpu` budget's U-Net it drew
 # 1,000 digits 1.6x faster than float32, with the same scores (docs/benchmarks.md, "Sampling in
-# bf16"); `Trainer.sample(bf16=False)` and the sample command's `--fp32` turn it off.
+# bf16"); `Trainer.sample(bf16=False)` and the sample command's `--fp32` turn it off. One more
+# CPU detail: a thousand digits in one network call need activations of tens of MiB, which the
+# memory allocator hands back to the operating system after every call, and faulting them in
+# again cost more than the arithmetic. So on a CPU `Trainer.sample` passes a large batch through
+# the network a few hundred images at a time (`training.sampling_net`): 1.4-2x faster, and the
+# very same samples, since the sampler draws its noise for the whole batch ("Sampling in chunks").
 
 # %% [markdown]
 # **Memory layout.** A (B, C, H, W) tensor can sit in memory in two orders. PyTorch's default,

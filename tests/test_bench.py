@@ -16,6 +16,7 @@ pytest.importorskip("diffusers")
 SCRIPTS = {
     "train_step": ["--precision", "bf16"],
     "sampling": [],
+    "sampling_batch": [],
     "time_to_quality": ["--set", "lr_decay=none", "--set", "lr=0.002"],
     "course_time": [],
     "trainer_speed": ["--variants", "budget", "fp32", "min-snr"],

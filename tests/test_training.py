@@ -18,11 +18,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+import ddpm_teach.training as ddpm_teach_training
 from ddpm_teach.data import EIGHT_GAUSSIANS_CENTERS, EIGHT_GAUSSIANS_STD, toy_2d
 from ddpm_teach.mlp import MLPDenoiser
 from ddpm_teach.sampling import ddim_sample, ddpm_sample
 from ddpm_teach.training import (
     BF16Sampling,
+    Chunked,
     LossAwareSampler,
     NonFiniteLossError,
     TrainConfig,
@@ -33,6 +35,7 @@ from ddpm_teach.training import (
     load_checkpoint,
     make_schedule,
     min_snr_weight,
+    sampling_net,
     train,
 )
 
@@ -201,6 +204,72 @@ def test_trainer_samples_under_bf16_where_it_trains_under_it(monkeypatch):
     kinds = [isinstance(net, BF16Sampling) for net in nets]
     assert kinds == [False, True, True, False]
     assert nets[2].model is trainer.model and nets[1].model is trainer.ema
+
+
+def test_chunked_calls_the_model_on_slices_and_returns_what_one_call_would():
+    calls = []
+
+    class Probe(nn.Module):
+        def forward(self, x, t):
+            calls.append((x.shape[0], t if isinstance(t, int) else t.tolist()))
+            return x * 2 + (t[:, None, None, None] if isinstance(t, torch.Tensor) else t)
+
+    x, t = torch.randn(8, 1, 4, 4), torch.arange(8)
+    assert torch.equal(Chunked(Probe(), 3)(x, t), x * 2 + t[:, None, None, None])
+    assert calls == [(3, [0, 1, 2]), (3, [3, 4, 5]), (2, [6, 7])]  # t split alongside x
+    calls.clear()
+    assert torch.equal(Chunked(Probe(), 5)(x, 7), x * 2 + 7) and calls == [(4, 7), (4, 7)]
+    calls.clear()
+    Chunked(Probe(), 8)(x, t)
+    assert [c[0] for c in calls] == [8]  # a batch that fits: one call
+    calls.clear()
+    Chunked(Probe(), 7)(x, t)
+    assert [c[0] for c in calls] == [4, 4]  # even chunks, not 7 + 1
+    torch.manual_seed(0)
+    unet = build_unet()
+    with torch.no_grad():
+        x, t = torch.randn(7, 1, 8, 8), torch.randint(0, 50, (7,))
+        torch.testing.assert_close(Chunked(unet, 2)(x, t), unet(x, t))
+    for bad in (0, -1, 2.0, True, None):
+        with pytest.raises(ValueError, match="max_batch: expected a positive int"):
+            Chunked(unet, bad)
+
+
+def build_unet() -> nn.Module:
+    from ddpm_teach.unet import UNet
+
+    return UNet(in_channels=1, **TINY_UNET).eval()
+
+
+def test_sampling_net_chunks_a_large_batch_of_images_on_the_cpu_only():
+    unet = build_unet()
+    per_image = 8 * 8 * 8 * 4  # base_channels x H x W float32 values
+    limit = ddpm_teach_training.SAMPLING_CHUNK_BYTES // per_image
+    net = sampling_net(unet, (limit + 1, 1, 8, 8), "cpu", bf16=False)
+    assert isinstance(net, Chunked) and net.max_batch == limit and net.model is unet
+    net = sampling_net(unet, (4 * limit, 1, 8, 8), "cpu", bf16=True)  # bf16: 2 bytes a value
+    assert isinstance(net, BF16Sampling) and net.model.max_batch == 2 * limit
+    assert sampling_net(unet, (limit, 1, 8, 8), "cpu", bf16=False) is unet  # fits in one call
+    assert sampling_net(unet, (limit + 1, 1, 8, 8), "cuda", bf16=False) is unet  # GPU: whole
+    mlp = MLPDenoiser(dim=2, hidden=8, num_layers=1)
+    assert sampling_net(mlp, (10**6, 2), "cpu", bf16=False) is mlp  # only U-Nets are chunked
+
+
+def test_trainer_samples_the_same_digits_in_chunks(monkeypatch):
+    trainer = Trainer(image_config(), IMAGES, progress=False)
+    whole = trainer.sample(10, steps=3, eta=1.0)
+    seen = []
+    real = Chunked.forward
+
+    def spy(self, x, t):
+        seen.append(self.max_batch)
+        return real(self, x, t)
+
+    monkeypatch.setattr(Chunked, "forward", spy)
+    monkeypatch.setattr(ddpm_teach_training, "SAMPLING_CHUNK_BYTES", 4 * 8 * 8 * 8 * 4)
+    chunked = trainer.sample(10, steps=3, eta=1.0)
+    assert seen == [4, 4, 4]  # three steps, each in calls of 4, 4 and 2 images
+    torch.testing.assert_close(chunked, whole)  # the same noise: the same samples
 
 
 def test_loss_aware_sampler_is_uniform_until_every_step_has_its_history():
