@@ -5,6 +5,7 @@ versions, load, the exact command) to ``docs/benchmarks.md``:
 
     train_step       U-Net training step, ours vs diffusers.UNet2DModel at matched size
     sampling         DDPM / DDIM loops, ours vs diffusers' schedulers, same network
+    sampling_batch   sampling on the CPU against the number of images per network call
     trainer_speed    the budgets' whole training step under several settings (bf16, compile, ...)
     time_to_quality  seconds of training until eight-Gaussians / glyph digits look right
     course_time      wall time of the notebooks and of the whole test suite

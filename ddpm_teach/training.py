@@ -247,7 +247,9 @@ class Chunked(nn.Module):
     over 1,024 digits took 1.27 s and 392,000 page faults in one call, 0.50 s and none in calls
     of 128 (float32; bf16: 0.46 s against 0.25 s in calls of 256); whole DDIM chains ran
     1.4-2.0x faster (``bench.sampling_batch``, docs/benchmarks.md, "Sampling in chunks"). The
-    samplers draw their noise for the whole batch, so the samples are those of a single call.
+    samplers draw their noise for the whole batch, so the chunks change no random number; the
+    samples were bit for bit those of one call in every measured run (convolution kernels could
+    in principle round differently at another batch size).
 
     Shapes: x_t (B, ...), t (B,) or a scalar -> (B, ...), like ``model``.
     """
@@ -260,13 +262,20 @@ class Chunked(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor | int) -> Tensor:
         n = x_t.shape[0]
-        if n <= self.max_batch:
+        calls = self.num_calls(n)
+        if calls == 1:
             return self.model(x_t, t)
-        calls = -(-n // self.max_batch)
-        size = -(-n // calls)  # even chunks: 256 images in calls of at most 250 go as 128 + 128
-        xs = x_t.split(size)
-        ts = t.split(size) if isinstance(t, Tensor) and t.ndim else [t] * len(xs)
+        # Even chunks, sizes differing by at most one: 256 images with at most 250 a call go as
+        # 128 + 128, not 250 + 6. A t with one step per sample is split alongside; a scalar t (or
+        # one of shape (1,)) stands for the whole batch and goes to every call as it is.
+        xs = x_t.tensor_split(calls)
+        per_sample = isinstance(t, Tensor) and t.ndim == 1 and t.shape[0] == n
+        ts = t.tensor_split(calls) if per_sample else [t] * calls
         return torch.cat([self.model(x, s) for x, s in zip(xs, ts, strict=True)])
+
+    def num_calls(self, n: int) -> int:
+        """How many calls a batch of ``n`` takes (at least one)."""
+        return max(1, -(-n // self.max_batch))
 
 
 def sampling_net(
@@ -278,7 +287,8 @@ def sampling_net(
     :meth:`BF16Sampling.applies`); on a CPU, a U-Net in calls of at most
     :data:`SAMPLING_CHUNK_BYTES` of first-level activations (:class:`Chunked`): at most 125
     digits a call in float32 and 250 in bf16 for the ``cpu`` budget's U-Net. GPUs get the whole
-    batch at once.
+    batch at once, and so does anything that is not a :class:`~ddpm_teach.unet.UNet` itself
+    (a compiled or DistributedDataParallel wrapper included: pass the module inside).
     """
     net = model
     if torch.device(device).type == "cpu" and isinstance(model, UNet) and len(shape) == 4:

@@ -423,8 +423,9 @@ print(f"a step at batch {config.batch_size}: float32 {fp32_s * 1000:.0f} ms, bf1
 # CPU detail: a thousand digits in one network call need activations of tens of MiB, which the
 # memory allocator hands back to the operating system after every call, and faulting them in
 # again cost more than the arithmetic. So on a CPU `Trainer.sample` passes a large batch through
-# the network a few hundred images at a time (`training.sampling_net`): 1.4-2x faster, and the
-# very same samples, since the sampler draws its noise for the whole batch ("Sampling in chunks").
+# the network a hundred or more images at a time (`training.sampling_net`): 1.4-2x faster, with
+# the same samples, since the sampler draws its noise for the whole batch and so no random number
+# changes ("Sampling in chunks").
 
 # %% [markdown]
 # **Memory layout.** A (B, C, H, W) tensor can sit in memory in two orders. PyTorch's default,

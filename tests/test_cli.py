@@ -15,7 +15,7 @@ from ddpm_teach import sample as sample_cli
 from ddpm_teach import train as train_cli
 from ddpm_teach import training
 from ddpm_teach.budgets import budget
-from ddpm_teach.training import BF16Sampling, load_checkpoint
+from ddpm_teach.training import BF16Sampling, Chunked, load_checkpoint
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -125,6 +125,29 @@ def test_a_bf16_run_samples_under_autocast_unless_fp32(tmp_path, capsys, monkeyp
     printed = capsys.readouterr().out.splitlines()
     wrote = [line for line in printed if line.startswith("wrote")]
     assert [line.endswith("(bf16 autocast)") for line in wrote] == [True, True, False, False]
+
+
+def test_the_sample_command_passes_a_large_batch_through_the_network_in_chunks(
+    tmp_path, monkeypatch
+):
+    out = tmp_path / "digits"
+    args = ["--data", "glyph-digits", "--budget", "smoke", "--out", str(out), "--no-progress"]
+    assert train_cli.main([*args, "--steps", "2", "--device", "cpu", "--num-samples", "0"]) == 0
+    nets, real = [], sample_cli.ddim_sample
+
+    def spy(net, *args, **kwargs):
+        nets.append(net)
+        return real(net, *args, **kwargs)
+
+    monkeypatch.setattr(sample_cli, "ddim_sample", spy)
+    # Room for 3 digits a call: the smoke U-Net's 8 channels x 28 x 28 pixels x 4 bytes each.
+    monkeypatch.setattr(training, "SAMPLING_CHUNK_BYTES", 3 * 8 * 28 * 28 * 4)
+    common = ["--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "s.png")]
+    for n in ("7", "3"):
+        flags = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--n", n]
+        assert sample_cli.main([*common, *flags]) == 0
+    assert isinstance(nets[0], Chunked) and nets[0].max_batch == 3  # 7 digits: 3 calls a step
+    assert not isinstance(nets[1], Chunked)  # 3 digits fit in one call
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):

@@ -212,19 +212,20 @@ def test_chunked_calls_the_model_on_slices_and_returns_what_one_call_would():
     class Probe(nn.Module):
         def forward(self, x, t):
             calls.append((x.shape[0], t if isinstance(t, int) else t.tolist()))
-            return x * 2 + (t[:, None, None, None] if isinstance(t, torch.Tensor) else t)
+            tt = t.reshape(-1, 1, 1, 1) if isinstance(t, torch.Tensor) else t
+            return x * 2 + tt
 
     x, t = torch.randn(8, 1, 4, 4), torch.arange(8)
     assert torch.equal(Chunked(Probe(), 3)(x, t), x * 2 + t[:, None, None, None])
     assert calls == [(3, [0, 1, 2]), (3, [3, 4, 5]), (2, [6, 7])]  # t split alongside x
-    calls.clear()
-    assert torch.equal(Chunked(Probe(), 5)(x, 7), x * 2 + 7) and calls == [(4, 7), (4, 7)]
-    calls.clear()
-    Chunked(Probe(), 8)(x, t)
-    assert [c[0] for c in calls] == [8]  # a batch that fits: one call
-    calls.clear()
-    Chunked(Probe(), 7)(x, t)
-    assert [c[0] for c in calls] == [4, 4]  # even chunks, not 7 + 1
+    for max_batch, n, sizes in ((5, 8, [4, 4]), (7, 8, [4, 4]), (3, 10, [3, 3, 2, 2]), (8, 8, [8])):
+        calls.clear()
+        Chunked(Probe(), max_batch)(torch.randn(n, 1, 4, 4), torch.arange(n))
+        assert [c[0] for c in calls] == sizes  # even chunks, never a small tail
+    for scalar in (7, torch.tensor(7), torch.tensor([7])):  # one step for the whole batch
+        calls.clear()
+        out = Chunked(Probe(), 5)(x, scalar)
+        assert torch.equal(out, x * 2 + 7) and [c[0] for c in calls] == [4, 4]
     torch.manual_seed(0)
     unet = build_unet()
     with torch.no_grad():
@@ -258,17 +259,18 @@ def test_sampling_net_chunks_a_large_batch_of_images_on_the_cpu_only():
 def test_trainer_samples_the_same_digits_in_chunks(monkeypatch):
     trainer = Trainer(image_config(), IMAGES, progress=False)
     whole = trainer.sample(10, steps=3, eta=1.0)
-    seen = []
-    real = Chunked.forward
+    sizes = []
+    real = trainer.ema.forward
 
-    def spy(self, x, t):
-        seen.append(self.max_batch)
-        return real(self, x, t)
+    def spy(x, t):
+        sizes.append(x.shape[0])
+        return real(x, t)
 
-    monkeypatch.setattr(Chunked, "forward", spy)
+    monkeypatch.setattr(trainer.ema, "forward", spy)
+    # Room for 4 images a call: base_channels 8 x 8 x 8 pixels x 4 bytes each.
     monkeypatch.setattr(ddpm_teach_training, "SAMPLING_CHUNK_BYTES", 4 * 8 * 8 * 8 * 4)
     chunked = trainer.sample(10, steps=3, eta=1.0)
-    assert seen == [4, 4, 4]  # three steps, each in calls of 4, 4 and 2 images
+    assert sizes == [4, 3, 3] * 3  # three steps, each in three calls
     torch.testing.assert_close(chunked, whole)  # the same noise: the same samples
 
 

@@ -163,8 +163,9 @@ inline void dx_pass(const T* __restrict__ xn, const float* __restrict__ dz,
 // Ask for the row of C channels kPrefetchAhead pixels on while this one is computed. The backward's
 // first pass reads x, saved by the forward long before and so out of cache, and per value works
 // out a sigmoid and its derivative; without the hint the loads and the arithmetic did not
-// overlap: one call at 64 x 32 x 28 x 28 (float32, caches flushed) took 1.75 ms, with it 0.95 ms,
-// and a whole training step of the digits U-Net at batch 64 ran 1.04-1.06x faster (2026-11-28).
+// overlap: one call at 64 x 32 x 28 x 28 (float32, caches flushed) took 1.73-1.76 ms, with it
+// 0.93-1.02 ms, and a whole training step of the digits U-Net at batch 64 ran 1.03-1.06x faster
+// (2026-11-28, docs/benchmarks.md).
 constexpr int64_t kPrefetchAhead = 16;
 template <typename T>
 inline void prefetch_row(const T* row, int64_t C) {
@@ -173,6 +174,9 @@ inline void prefetch_row(const T* row, int64_t C) {
   for (int64_t off = 0; off < bytes; off += 64) {  // one hint per 64-byte cache line
     __builtin_prefetch(reinterpret_cast<const char*>(row) + off);
   }
+#else
+  (void)row;
+  (void)C;
 #endif
 }
 
