@@ -47,7 +47,8 @@ docs/benchmarks.md), which is why the cpu U-Net is so small:
 * ``torch.compile`` took 2.5 min to compile on CPU for no gain: off. ``channels_last`` gained
   nothing while torch's GroupNorm ran on that layout (18-75x slower than on NCHW); with
   ``ddpm_teach.fused``'s GroupNorm+SiLU kernel the cpu budget's training is 1.03-1.17x faster
-  (bf16, two threads: ``bench.trainer_speed`` and two whole runs) and its sampling 1.4x, so the
+  (bf16, two threads: ``bench.trainer_speed`` and two whole runs; 1.45x on a 2-core Xeon with
+  AMX, where bf16 autocast is worth 1.69x) and its sampling 1.4x, so the
   cpu budget trains channels_last (the kernel's one-off build takes 15-25 s; without a compiler
   the trainer stays in NCHW).
 * Ancestral sampling over a 100-step subsequence matched the full 1000-step chain on an
