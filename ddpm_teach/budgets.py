@@ -243,7 +243,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0,
         ema_decay=0.995,
         bf16=True,
-        # 1.03-1.17x faster training with the fused GroupNorm kernel (docs/benchmarks.md).
+        # 1.03-1.45x faster training (by CPU) with the fused GroupNorm kernel (docs/benchmarks.md).
         channels_last=True,
         data_size=60_000,
         # >= 90 % within 3 std after 1,500 steps, 96 % after 2,000 (measured, batch 512).
