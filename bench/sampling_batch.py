@@ -46,11 +46,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps of the whole-chain rows")
     parser.add_argument("--iters", type=int, default=3, help="alternating rounds")
+    parser.add_argument(
+        "--chunk-mib",
+        type=float,
+        default=None,
+        help="try sampling_net with this limit instead of training.SAMPLING_CHUNK_BYTES "
+        "(MiB of first-level activations a call)",
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.budget = args.budget or "smoke"
         args.n, args.steps, args.iters = min(args.n, 8), min(args.steps, 2), 1
         args.chunks = args.chunks or [2, args.n]
+        # Small enough that sampling_net splits the tiny batch, so the smoke test runs that path.
+        args.chunk_mib = args.chunk_mib or 0.1
+    if args.chunk_mib is not None and not args.chunk_mib > 0:
+        raise SystemExit(f"--chunk-mib: expected a positive number, got {args.chunk_mib}")
     args.budget = args.budget or "cpu"
     if args.chunks is None:
         args.chunks = [c for c in (16, 32, 64, 128, 256, 512) if c < args.n] + [args.n]
@@ -106,11 +117,23 @@ CHAIN_HEADERS = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from ddpm_teach import training
+
+    limit = training.SAMPLING_CHUNK_BYTES
+    if args.chunk_mib is not None:  # an experiment: sampling_net reads the limit at each call
+        training.SAMPLING_CHUNK_BYTES = int(args.chunk_mib * 2**20)
+    try:
+        return run(args, argv)
+    finally:
+        training.SAMPLING_CHUNK_BYTES = limit
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """The measurements and the report, with ``training.SAMPLING_CHUNK_BYTES`` as set."""
     device = setup(args)
     info = machine_info(device)
-    from ddpm_teach import budgets, fused
+    from ddpm_teach import budgets, fused, training
     from ddpm_teach.training import (
-        SAMPLING_CHUNK_BYTES,
         BF16Sampling,
         Chunked,
         has_native_bf16,
@@ -184,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "minor faults of the process (getrusage; 0 where it is missing). Second table: DDIM "
             f"over {args.steps} steps with eta = 1 and x_0 clipping, the network called on all "
             "images at once against `training.sampling_net` (calls of at most "
-            f"{SAMPLING_CHUNK_BYTES / 2**20:.0f} MiB of first-level activations), the same "
+            f"{training.SAMPLING_CHUNK_BYTES / 2**20:.3g} MiB of first-level activations), the same "
             f"generator seed for both, medians of {args.iters} alternating rounds; speed-up = "
             "median of the per-round ratios one call / sampling_net.",
         ]

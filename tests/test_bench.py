@@ -67,6 +67,19 @@ def test_train_step_rows_compare_matched_networks(doc):
         assert float(c[9].strip("*")) > 0  # the FLOP-rate ratio
 
 
+def test_sampling_batch_tiny_run_goes_through_sampling_nets_chunks(doc):
+    from bench import sampling_batch
+    from ddpm_teach import training
+
+    limit = training.SAMPLING_CHUNK_BYTES
+    sampling_batch.main(["--tiny", "--doc", str(doc)])
+    assert training.SAMPLING_CHUNK_BYTES == limit  # the experiment's limit is not left behind
+    chain = [line for line in doc.read_text().splitlines() if line.startswith("| fp32 | 2 x 4 |")]
+    assert len(chain) == 1  # --tiny's 0.1 MiB: the 8 smoke digits in two calls of 4
+    cells = [c.strip() for c in chain[0].strip("|").split("|")]
+    assert float(cells[-1]) < 1e-5  # the samples of one call
+
+
 def test_mismatched_networks_are_refused():
     from bench import _common
 
