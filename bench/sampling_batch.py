@@ -178,7 +178,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             chunked = sampling_net(model, shape, device, bf16=bf16)
             inner = chunked.model if bf16 else chunked
             calls = inner.num_calls(args.n) if isinstance(inner, Chunked) else 1
-            size = f"{calls} x {-(-args.n // calls)}" if calls > 1 else "1 x " + str(args.n)
+            size = f"{calls} x {-(-args.n // calls)}"  # calls x the largest chunk
             out: dict[str, torch.Tensor] = {}
             chains = {
                 "one call": chain(whole, schedule, shape, args.steps, out, "one call"),
@@ -186,10 +186,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             }
             times = alternate(chains, iters=args.iters, warmup=0, device=device)
             diff = (out["one call"] - out["sampling_net"]).abs().max().item()
-            chain_rows.append(
-                [name, size, f"{times['one call'].median:.2f}", f"{times['sampling_net'].median:.2f}",
-                 str(pair_ratio(times["sampling_net"].wall, times["one call"].wall)), f"{diff:.1e}"]
-            )  # fmt: skip
+            one, chunks = times["one call"], times["sampling_net"]
+            speed_up = pair_ratio(chunks.wall, one.wall)
+            row = [name, size, f"{one.median:.2f}", f"{chunks.median:.2f}", str(speed_up)]
+            chain_rows.append([*row, f"{diff:.1e}"])
             print("  " + " | ".join(map(str, chain_rows[-1])))
 
     body = "\n".join(
@@ -207,8 +207,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             "minor faults of the process (getrusage; 0 where it is missing). Second table: DDIM "
             f"over {args.steps} steps with eta = 1 and x_0 clipping, the network called on all "
             "images at once against `training.sampling_net` (calls of at most "
-            f"{training.SAMPLING_CHUNK_BYTES / 2**20:.3g} MiB of first-level activations), the same "
-            f"generator seed for both, medians of {args.iters} alternating rounds; speed-up = "
+            f"{training.SAMPLING_CHUNK_BYTES / 2**20:.3g} MiB of first-level activations), the "
+            f"same generator seed for both, medians of {args.iters} alternating rounds; speed-up = "
             "median of the per-round ratios one call / sampling_net.",
         ]
     )

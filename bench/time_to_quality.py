@@ -101,7 +101,7 @@ def run_toy(args: argparse.Namespace, device: torch.device) -> tuple[list[list[s
 
 def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[list[str]], str]:
     """Train the glyph-digit U-Net at the budget, evaluating every ``digits_eval_every`` steps."""
-    from ddpm_teach.training import TrainConfig, Trainer
+    from ddpm_teach.training import BF16Sampling, TrainConfig, Trainer
 
     try:
         from ddpm_teach.metrics import digit_report
@@ -152,15 +152,16 @@ def run_digits(args: argparse.Namespace, device: torch.device) -> tuple[list[lis
         else f"(b) glyph digits: goal NOT reached within {max_steps} steps "
         f"({trainer.train_time:.0f} s of training, {cpu:.0f} CPU s)"
     )
+    # How Trainer.sample ran the network: the trainer's own decision.
+    precision = "bf16 autocast" if BF16Sampling.applies(trainer.bf16, device) else "float32"
     setup_note = (
         f"{verdict}. Budget {args.budget!r}"
         + (f" with {', '.join(f'{k}={v}' for k, v in args.set)}" if args.set else "")
         + f": U-Net {config.model_kwargs}, batch {config.batch_size}, lr {config.lr} "
         f"(lr_decay {config.lr_decay}), EMA {config.ema_decay}, {config.data_size} glyph digits (rendering and "
         f"set-up took {data_s:.0f} s, not counted); {args.digits_n} samples per evaluation by "
-        f"DDIM-{config.sample_steps} with eta {config.sample_eta} (EMA weights, "
-        f"{'bf16 autocast' if trainer.bf16 and device.type == 'cpu' else 'float32'}); goal = >= 90 % "
-        "confident (p >= 0.9) and 10/10 classes."
+        f"DDIM-{config.sample_steps} with eta {config.sample_eta} (EMA weights, {precision}); "
+        "goal = >= 90 % confident (p >= 0.9) and 10/10 classes."
     )
     return rows, setup_note
 

@@ -21,8 +21,9 @@ The kernel is compiled on first use by ``torch.utils.cpp_extension`` (15-25 s on
 CPU: ``-march=native``; the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``). It needs a C++ compiler with OpenMP (g++ on Linux and Colab;
 tested with g++ 12, and with clang 14 given its OpenMP headers, ``libomp-dev`` on Debian, through
-``CXX=clang++``: without them clang stops at a missing ``omp.h``). Where the build fails (one warning says why) or ``DDPM_TEACH_FUSED=0`` is set, :func:`available`
-is False and :func:`group_norm_silu` falls back to torch's ops. Nothing here runs for NCHW
+``CXX=clang++``: without them clang stops at a missing ``omp.h``). Where the build fails (one
+warning says why) or ``DDPM_TEACH_FUSED=0`` is set, :func:`available` is False and
+:func:`group_norm_silu` falls back to torch's ops. Nothing here runs for NCHW
 tensors or on a GPU, where torch's own kernels are the fast ones.
 """
 

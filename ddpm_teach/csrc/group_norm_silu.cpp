@@ -160,10 +160,10 @@ inline void dx_pass(const T* __restrict__ xn, const float* __restrict__ dz,
   }
 }
 
-// Ask for the row of C channels kPrefetchAhead pixels on while this one is computed. The backward's
-// first pass reads x, saved by the forward long before and so out of cache, and per value works
-// out a sigmoid and its derivative; without the hint the loads and the arithmetic did not
-// overlap: one call at 64 x 32 x 28 x 28 (float32, caches flushed) took 1.73-1.76 ms, with it
+// Ask for the row of C channels kPrefetchAhead pixels on while this one is computed. The
+// backward's first pass reads x, saved by the forward long before and so out of cache, and per
+// value works out a sigmoid and its derivative; without the hint the loads and the arithmetic did
+// not overlap: one call at 64 x 32 x 28 x 28 (float32, caches flushed) took 1.73-1.76 ms, with it
 // 0.93-1.02 ms, and a whole training step of the digits U-Net at batch 64 ran 1.03-1.06x faster
 // (2026-11-28, docs/benchmarks.md).
 constexpr int64_t kPrefetchAhead = 16;
